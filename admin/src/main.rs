@@ -1,0 +1,2 @@
+//! `locus`, the operator CLI.
+fn main() {}

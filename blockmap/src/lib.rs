@@ -1,0 +1,1 @@
+//! Locus block placement model: images, blocks, locations and metadata stores.

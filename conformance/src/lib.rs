@@ -1,0 +1,1 @@
+//! Runs external conformance suites against locusd.

@@ -1,0 +1,1 @@
+//! Locus storage-node daemon: mirroring, out-of-sync tracking and resync (not built yet).

@@ -1,0 +1,2 @@
+//! `locusd`, the Locus target daemon.
+fn main() {}

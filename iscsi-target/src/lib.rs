@@ -1,0 +1,1 @@
+//! Locus iSCSI target.

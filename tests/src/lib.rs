@@ -1,0 +1,1 @@
+//! End-to-end tests across Locus processes; the tests live in `tests/`.
