@@ -1,1 +1,4 @@
 //! Locus iSCSI target.
+
+pub mod scsi;
+pub mod storage;
