@@ -1,3 +1,5 @@
 //! Locus iSCSI target.
 
 pub mod pdu;
+pub mod scsi;
+pub mod storage;

@@ -1,0 +1,401 @@
+//! A logical unit: configuration, per-LU state (write cache mode, unit
+//! attentions, reservations) and the dispatch of LU-level commands to the
+//! command-family modules (SAM-5 4.6, SBC-3).
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+
+use super::opcodes::{code::*, OpInfo};
+use super::pr::PrState;
+use super::sense::{self, key, Sense};
+use super::{inquiry, mode, pr, rw, thin, Nexus, ScsiRequest};
+use crate::storage::{BlockBackend, StorageError, StorageErrorKind};
+
+/// Largest READ/WRITE transfer accepted, in bytes (VPD B0 MAXIMUM TRANSFER LENGTH).
+pub(crate) const MAX_TRANSFER_BYTES: u64 = 8 << 20;
+/// Largest WRITE SAME, in logical blocks (VPD B0).
+pub(crate) const MAX_WRITE_SAME_BLOCKS: u64 = 1 << 16;
+/// Largest UNMAP LBA count (VPD B0).
+pub(crate) const MAX_UNMAP_BLOCKS: u64 = 1 << 22;
+/// Largest number of UNMAP block descriptors (VPD B0).
+pub(crate) const MAX_UNMAP_DESCRIPTORS: u32 = 256;
+/// Largest COMPARE AND WRITE length, in logical blocks (VPD B0).
+pub(crate) const MAX_CAW_BLOCKS: u8 = 128;
+
+/// Static configuration of a logical unit.
+#[derive(Debug, Clone)]
+pub struct LunConfig {
+    /// T10 VENDOR IDENTIFICATION (8 chars, SPC-4 6.6.2).
+    pub vendor: String,
+    /// PRODUCT IDENTIFICATION (16 chars).
+    pub product: String,
+    /// PRODUCT REVISION LEVEL (4 chars).
+    pub revision: String,
+    /// Unit serial number (VPD 0x80).
+    pub serial: String,
+    /// NAA IEEE Registered Extended designator (NAA 6, 16 bytes, VPD 0x83).
+    pub naa_id: [u8; 16],
+    /// Logical block size in bytes: 512 or 4096.
+    pub logical_block_size: u32,
+    /// Thin provisioned: UNMAP, WRITE SAME with UNMAP, LBPME (SBC-3 4.7).
+    pub thin: bool,
+    /// Initial WCE bit of the caching mode page; with WCE=0 every write is FUA.
+    pub write_cache: bool,
+    /// Where persistent reservations are persisted (written atomically).
+    pub pr_path: Option<PathBuf>,
+    /// Write protected: every write fails with DATA PROTECT.
+    pub read_only: bool,
+    /// ALUA target port group of this target (VPD 0x83, REPORT TARGET PORT GROUPS).
+    pub target_port_group: u16,
+}
+
+impl LunConfig {
+    /// Defaults for a LU with the given serial: 512-byte blocks, thin,
+    /// write cache on, no PR persistence, read-write. The NAA id is derived
+    /// from the serial.
+    pub fn new(serial: &str) -> Self {
+        LunConfig {
+            vendor: "LOCUS".into(),
+            product: "LOCUS-DISK".into(),
+            revision: "0001".into(),
+            serial: serial.into(),
+            naa_id: naa_from(serial),
+            logical_block_size: 512,
+            thin: true,
+            write_cache: true,
+            pr_path: None,
+            read_only: false,
+            target_port_group: 1,
+        }
+    }
+}
+
+/// Derive a stable NAA 6 (IEEE Registered Extended) id from a name.
+pub fn naa_from(name: &str) -> [u8; 16] {
+    use sha2::Digest;
+    let h = sha2::Sha256::digest(name.as_bytes());
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&h[..16]);
+    // NAA=6, then a made-up 24-bit OUI in the locally administered style.
+    id[0] = 0x60 | (id[0] & 0x0f);
+    id
+}
+
+/// Errors creating a [`LogicalUnit`].
+#[derive(Debug, thiserror::Error)]
+pub enum LunError {
+    /// Block size is not 512 or 4096.
+    #[error("logical block size {0} is not 512 or 4096")]
+    BlockSize(u32),
+    /// Backend size is not a positive multiple of the block size.
+    #[error("backend size {size} is not a positive multiple of the block size {block}")]
+    Size {
+        /// Backend size in bytes.
+        size: u64,
+        /// Block size in bytes.
+        block: u32,
+    },
+    /// The persistent reservation file could not be read or parsed.
+    #[error("cannot load persistent reservations from {path}")]
+    PrLoad {
+        /// The file.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Mutable per-LU state, behind one mutex (never held across an await).
+#[derive(Debug, Default)]
+pub(crate) struct LuState {
+    /// Pending unit attentions per nexus, oldest first.
+    pub ua: HashMap<u64, VecDeque<(u8, u8)>>,
+    /// Nexuses that have addressed this LU (they get reset UAs).
+    pub known: HashSet<u64>,
+    /// Initiator port and relative port of each known nexus.
+    pub port_of: HashMap<u64, (String, u16)>,
+    /// Holder of a RESERVE(6)/(10) reservation.
+    pub legacy: Option<u64>,
+    /// Persistent reservations.
+    pub pr: PrState,
+}
+
+impl LuState {
+    /// Queue a UA for every known nexus except `except`.
+    pub fn ua_others(&mut self, except: Option<u64>, ua: (u8, u8)) {
+        let ids: Vec<u64> = self
+            .known
+            .iter()
+            .copied()
+            .filter(|&n| Some(n) != except)
+            .collect();
+        for n in ids {
+            self.push_ua(n, ua);
+        }
+    }
+
+    /// Queue a UA for one nexus (deduplicated).
+    pub fn push_ua(&mut self, nexus: u64, ua: (u8, u8)) {
+        let q = self.ua.entry(nexus).or_default();
+        if !q.contains(&ua) {
+            q.push_back(ua);
+        }
+    }
+
+    fn pop_ua(&mut self, nexus: u64) -> Option<Sense> {
+        let q = self.ua.get_mut(&nexus)?;
+        let (asc, ascq) = q.pop_front()?;
+        if q.is_empty() {
+            self.ua.remove(&nexus);
+        }
+        Some(Sense::new(key::UNIT_ATTENTION, asc, ascq))
+    }
+}
+
+/// Failure of a command short of a GOOD status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Fail {
+    /// CHECK CONDITION with sense data.
+    Check(Sense),
+    /// RESERVATION CONFLICT (no sense data).
+    Conflict,
+}
+
+impl From<Sense> for Fail {
+    fn from(s: Sense) -> Self {
+        Fail::Check(s)
+    }
+}
+
+/// Result of a command: Data-In (possibly empty) or a failure.
+pub(crate) type CmdResult = Result<Bytes, Fail>;
+
+/// Everything a command handler needs about the request.
+pub(crate) struct Ctx<'a> {
+    pub nexus: &'a Nexus,
+    pub req: &'a ScsiRequest,
+    pub info: &'static OpInfo,
+    pub target_name: &'a str,
+}
+
+impl Ctx<'_> {
+    pub fn cdb(&self) -> &[u8] {
+        &self.req.cdb
+    }
+}
+
+/// A logical unit backed by a [`BlockBackend`].
+pub struct LogicalUnit {
+    pub(crate) cfg: LunConfig,
+    pub(crate) backend: Arc<dyn BlockBackend>,
+    pub(crate) block_size: u32,
+    pub(crate) blocks: u64,
+    pub(crate) wce: AtomicBool,
+    pub(crate) state: Mutex<LuState>,
+    /// Writers take it shared; COMPARE AND WRITE and ORWRITE take it
+    /// exclusively so that their read-modify-write is atomic.
+    pub(crate) io_lock: tokio::sync::RwLock<()>,
+}
+
+impl std::fmt::Debug for LogicalUnit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogicalUnit")
+            .field("serial", &self.cfg.serial)
+            .field("block_size", &self.block_size)
+            .field("blocks", &self.blocks)
+            .finish()
+    }
+}
+
+impl LogicalUnit {
+    /// Create a LU over `backend`, loading persisted reservations from
+    /// `cfg.pr_path` when that file exists.
+    pub fn new(cfg: LunConfig, backend: Arc<dyn BlockBackend>) -> Result<Self, LunError> {
+        let bs = cfg.logical_block_size;
+        if bs != 512 && bs != 4096 {
+            return Err(LunError::BlockSize(bs));
+        }
+        let size = backend.size();
+        if size == 0 || !size.is_multiple_of(u64::from(bs)) {
+            return Err(LunError::Size { size, block: bs });
+        }
+        let pr = match &cfg.pr_path {
+            Some(p) => PrState::load(p).map_err(|source| LunError::PrLoad {
+                path: p.clone(),
+                source,
+            })?,
+            None => PrState::default(),
+        };
+        Ok(LogicalUnit {
+            wce: AtomicBool::new(cfg.write_cache),
+            block_size: bs,
+            blocks: size / u64::from(bs),
+            backend,
+            state: Mutex::new(LuState {
+                pr,
+                ..LuState::default()
+            }),
+            io_lock: tokio::sync::RwLock::new(()),
+            cfg,
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &LunConfig {
+        &self.cfg
+    }
+
+    /// Number of logical blocks.
+    pub fn num_blocks(&self) -> u64 {
+        self.blocks
+    }
+
+    /// Current WCE (caching mode page).
+    pub fn write_cache_enabled(&self) -> bool {
+        self.wce.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, LuState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Check `lba + n <= capacity` (SBC-3 4.5), else LBA OUT OF RANGE.
+    pub(crate) fn check_range(&self, lba: u64, n: u64) -> Result<(), Sense> {
+        match lba.checked_add(n) {
+            Some(end) if end <= self.blocks => Ok(()),
+            _ => Err(sense::LBA_OUT_OF_RANGE),
+        }
+    }
+
+    /// DATA PROTECT / WRITE PROTECTED when read-only.
+    pub(crate) fn check_writable(&self) -> Result<(), Sense> {
+        if self.cfg.read_only {
+            Err(sense::WRITE_PROTECTED)
+        } else {
+            Ok(())
+        }
+    }
+
+    pub(crate) fn byte_offset(&self, lba: u64) -> u64 {
+        lba * u64::from(self.block_size)
+    }
+
+    /// SAM-5 LOGICAL UNIT RESET: clear RESERVE(6)/(10), UA for other nexuses.
+    pub(crate) fn reset(&self, by: Option<u64>, ua: (u8, u8)) {
+        let mut st = self.lock();
+        st.legacy = None;
+        st.ua_others(by, ua);
+    }
+
+    /// The I_T nexus is gone: drop its RESERVE(6)/(10) reservation and UAs.
+    pub(crate) fn nexus_lost(&self, nexus: u64) {
+        let mut st = self.lock();
+        if st.legacy == Some(nexus) {
+            st.legacy = None;
+        }
+        st.known.remove(&nexus);
+        st.port_of.remove(&nexus);
+        st.ua.remove(&nexus);
+    }
+
+    /// Execute an LU-level command: UA, reservation checks, then the handler.
+    pub(crate) async fn execute(&self, ctx: &Ctx<'_>) -> CmdResult {
+        let op = ctx.info.opcode;
+        {
+            let mut st = self.lock();
+            if !st.known.contains(&ctx.nexus.id) {
+                st.known.insert(ctx.nexus.id);
+                let port = (ctx.nexus.initiator_port.clone(), ctx.nexus.relative_port);
+                st.port_of.insert(ctx.nexus.id, port);
+            }
+            if op == REQUEST_SENSE {
+                let s = st.pop_ua(ctx.nexus.id).unwrap_or(sense::NO_SENSE);
+                return Ok(request_sense_data(ctx.cdb(), s));
+            }
+            if op != INQUIRY && op != REPORT_LUNS {
+                if let Some(ua) = st.pop_ua(ctx.nexus.id) {
+                    return Err(Fail::Check(ua));
+                }
+            }
+            pr::check_access(&st, ctx.nexus, ctx.info)?;
+        }
+        match op {
+            TEST_UNIT_READY => Ok(Bytes::new()),
+            INQUIRY => inquiry::inquiry(self, ctx),
+            READ_CAPACITY_10 => inquiry::read_capacity10(self, ctx.cdb()),
+            SERVICE_ACTION_IN_16 => match ctx.info.sa {
+                Some(SA_READ_CAPACITY_16) => inquiry::read_capacity16(self, ctx.cdb()),
+                _ => thin::get_lba_status(self, ctx.cdb()).await,
+            },
+            MAINTENANCE_IN => match ctx.info.sa {
+                Some(SA_REPORT_TARGET_PORT_GROUPS) => inquiry::report_target_port_groups(self, ctx),
+                Some(SA_REPORT_SUPPORTED_OPCODES) => {
+                    let data = super::opcodes::report_supported_opcodes(ctx.cdb())?;
+                    Ok(truncate(data, super::cdb::be32(ctx.cdb(), 6)))
+                }
+                _ => Ok(truncate(
+                    super::opcodes::report_supported_tmf(ctx.cdb()),
+                    super::cdb::be32(ctx.cdb(), 6),
+                )),
+            },
+            MODE_SENSE_6 | MODE_SENSE_10 => mode::mode_sense(self, ctx.cdb()),
+            MODE_SELECT_6 | MODE_SELECT_10 => mode::mode_select(self, ctx),
+            RESERVE_6 | RESERVE_10 | RELEASE_6 | RELEASE_10 => pr::legacy(self, ctx),
+            PERSISTENT_RESERVE_IN => pr::pr_in(self, ctx),
+            PERSISTENT_RESERVE_OUT => pr::pr_out(self, ctx),
+            START_STOP_UNIT => rw::start_stop(self, ctx).await,
+            SYNCHRONIZE_CACHE_10 | SYNCHRONIZE_CACHE_16 => rw::synchronize_cache(self, ctx).await,
+            PRE_FETCH_10 | PRE_FETCH_16 => rw::pre_fetch(self, ctx),
+            WRITE_SAME_10 | WRITE_SAME_16 => thin::write_same(self, ctx).await,
+            UNMAP => thin::unmap(self, ctx).await,
+            COMPARE_AND_WRITE => rw::compare_and_write(self, ctx).await,
+            ORWRITE_16 => rw::orwrite(self, ctx).await,
+            VERIFY_10 | VERIFY_12 | VERIFY_16 => rw::verify(self, ctx).await,
+            _ => rw::read_write(self, ctx).await,
+        }
+    }
+}
+
+/// Truncate parameter data to an ALLOCATION LENGTH.
+pub(crate) fn truncate(data: Bytes, alloc: u32) -> Bytes {
+    let n = data.len().min(alloc as usize);
+    data.slice(..n)
+}
+
+/// REQUEST SENSE parameter data (SPC-4 6.39): fixed format, or descriptor
+/// format when DESC=1; truncated to the allocation length.
+pub(crate) fn request_sense_data(cdb: &[u8], s: Sense) -> Bytes {
+    let alloc = u32::from(super::cdb::u8_at(cdb, 4));
+    let data = if super::cdb::u8_at(cdb, 1) & 1 != 0 {
+        Bytes::copy_from_slice(&[0x72, s.key, s.asc, s.ascq, 0, 0, 0, 0])
+    } else {
+        s.to_bytes()
+    };
+    truncate(data, alloc)
+}
+
+/// Map a storage failure on a read path to sense (SBC-3 4.18).
+pub(crate) fn read_error(e: StorageError) -> Fail {
+    tracing::warn!(error = %e, "backend read failed");
+    Fail::Check(match e.kind() {
+        StorageErrorKind::OutOfRange => sense::LBA_OUT_OF_RANGE,
+        StorageErrorKind::EngineGone => sense::INTERNAL_TARGET_FAILURE,
+        _ => sense::UNRECOVERED_READ_ERROR,
+    })
+}
+
+/// Map a storage failure on a write path to sense.
+pub(crate) fn write_error(e: StorageError) -> Fail {
+    tracing::warn!(error = %e, "backend write failed");
+    Fail::Check(match e.kind() {
+        StorageErrorKind::NoSpace => sense::SPACE_ALLOC_FAILED,
+        StorageErrorKind::OutOfRange => sense::LBA_OUT_OF_RANGE,
+        StorageErrorKind::EngineGone => sense::INTERNAL_TARGET_FAILURE,
+        _ => sense::WRITE_ERROR,
+    })
+}

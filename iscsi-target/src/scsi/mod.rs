@@ -1,0 +1,149 @@
+//! Transport-independent SCSI target (SAM-5, SPC-4, SBC-3).
+//!
+//! This module owns CDB parsing, command execution against a
+//! [`crate::storage::BlockBackend`], sense data, unit attentions and
+//! reservations. It knows nothing about iSCSI: the transport hands in a
+//! [`ScsiRequest`] with all Data-Out already collected and gets back a
+//! [`ScsiResponse`] with status, sense, Data-In and the residual. SCSI
+//! failures are always a `ScsiResponse` with CHECK CONDITION (the
+//! vhost-device-scsi pattern), never a Rust error.
+
+use bytes::Bytes;
+
+mod cdb;
+mod inquiry;
+mod lu;
+mod mode;
+pub mod opcodes;
+mod pr;
+mod rw;
+pub mod sense;
+mod target;
+mod thin;
+
+pub use lu::{LogicalUnit, LunConfig, LunError};
+pub use sense::Sense;
+pub use target::ScsiTarget;
+
+/// The I_T nexus a command arrived on (SAM-5 4.7).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Nexus {
+    /// Transport-unique id of the nexus (e.g. the session id).
+    pub id: u64,
+    /// Initiator port name, e.g. `"iqn.1994-05.com.example:x,i,0x23d000000001"`.
+    pub initiator_port: String,
+    /// SPC-4 7.6.4 TransportID of the initiator port, pre-encoded by the transport.
+    pub transport_id: Bytes,
+    /// Relative target port identifier (SPC-4 7.8.6.7) the nexus uses.
+    pub relative_port: u16,
+}
+
+/// Task attribute (SAM-5 8.6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskAttr {
+    /// SIMPLE.
+    Simple,
+    /// ORDERED.
+    Ordered,
+    /// HEAD OF QUEUE.
+    HeadOfQueue,
+    /// ACA.
+    Aca,
+}
+
+/// One SCSI command as delivered by the transport (SAM-5 5.1 Execute Command).
+#[derive(Debug, Clone)]
+pub struct ScsiRequest {
+    /// Logical unit number (decoded, see [`lun_from_wire`]).
+    pub lun: u64,
+    /// The CDB.
+    pub cdb: Bytes,
+    /// Expected data transfer length in bytes (RFC 7143 11.3.4), either direction.
+    pub expected_len: u32,
+    /// All Data-Out collected by the transport, `len <= expected_len`.
+    pub data_out: Bytes,
+    /// Task attribute.
+    pub attr: TaskAttr,
+}
+
+/// SCSI status byte (SAM-5 5.3). Unknown values are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ScsiStatus(pub u8);
+
+impl ScsiStatus {
+    /// GOOD.
+    pub const GOOD: ScsiStatus = ScsiStatus(0x00);
+    /// CHECK CONDITION; sense data accompanies it.
+    pub const CHECK_CONDITION: ScsiStatus = ScsiStatus(0x02);
+    /// CONDITION MET (PRE-FETCH with IMMED=0 and resources available).
+    pub const CONDITION_MET: ScsiStatus = ScsiStatus(0x04);
+    /// BUSY.
+    pub const BUSY: ScsiStatus = ScsiStatus(0x08);
+    /// RESERVATION CONFLICT.
+    pub const RESERVATION_CONFLICT: ScsiStatus = ScsiStatus(0x18);
+    /// TASK SET FULL.
+    pub const TASK_SET_FULL: ScsiStatus = ScsiStatus(0x28);
+    /// ACA ACTIVE.
+    pub const ACA_ACTIVE: ScsiStatus = ScsiStatus(0x30);
+    /// TASK ABORTED.
+    pub const TASK_ABORTED: ScsiStatus = ScsiStatus(0x40);
+}
+
+/// Residual relative to the expected data transfer length (SAM-5 5.1,
+/// RFC 7143 11.4.5): `Underflow(n)` when n fewer bytes than expected were
+/// transferred, `Overflow(n)` when the command wanted n more bytes than
+/// the expected length allowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Residual {
+    /// Transfer length equals the expected length.
+    None,
+    /// Fewer bytes than expected.
+    Underflow(u32),
+    /// More bytes than expected (the excess was not transferred).
+    Overflow(u32),
+}
+
+/// The outcome of a command (SAM-5 5.1).
+#[derive(Debug, Clone)]
+pub struct ScsiResponse {
+    /// Status byte.
+    pub status: ScsiStatus,
+    /// Full sense data (fixed format, SPC-4 4.5.3) when `status` is CHECK CONDITION.
+    pub sense: Option<Bytes>,
+    /// Data-In, already truncated to the expected length.
+    pub data_in: Bytes,
+    /// Residual against the expected length.
+    pub residual: Residual,
+}
+
+impl ScsiResponse {
+    /// Decoded (key, asc, ascq) of the sense data, if any.
+    pub fn sense_triple(&self) -> Option<(u8, u8, u8)> {
+        let s = self.sense.as_ref()?;
+        sense::parse_triple(s)
+    }
+}
+
+/// Decode the 8-byte LUN field of a transport (SAM-5 4.6) into a LUN
+/// number: peripheral device addressing (`00b`) and flat space (`01b`)
+/// are supported; other formats map to `u64::MAX` (never configured).
+pub fn lun_from_wire(raw: [u8; 8]) -> u64 {
+    match raw[0] >> 6 {
+        0 if raw[0] == 0 => u64::from(raw[1]),
+        1 => (u64::from(raw[0] & 0x3f) << 8) | u64::from(raw[1]),
+        _ => u64::MAX,
+    }
+}
+
+/// Encode a LUN number for the wire (SAM-5 4.6): peripheral addressing
+/// below 256, flat space addressing up to 16383.
+pub fn lun_to_wire(lun: u64) -> [u8; 8] {
+    let mut out = [0u8; 8];
+    if lun < 256 {
+        out[1] = lun as u8;
+    } else {
+        out[0] = 0x40 | ((lun >> 8) as u8 & 0x3f);
+        out[1] = lun as u8;
+    }
+    out
+}

@@ -1,0 +1,239 @@
+//! The SCSI target device: the LUN map, target-level commands (REPORT
+//! LUNS, and INQUIRY / REQUEST SENSE for unknown LUNs), task management
+//! resets, and the conversion of handler results into [`ScsiResponse`]
+//! with residuals (SAM-5 4.6, 5.1; RFC 7143 11.4.5 for residual semantics).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+use bytes::Bytes;
+
+use super::cdb::{be32, u8_at};
+use super::lu::{request_sense_data, truncate, Ctx, Fail, LogicalUnit};
+use super::opcodes::{self, code::*, Xfer};
+use super::sense::{self, Sense};
+use super::{lun_to_wire, Nexus, Residual, ScsiRequest, ScsiResponse, ScsiStatus};
+
+/// A SCSI target device with a run-time changeable set of logical units.
+#[derive(Debug)]
+pub struct ScsiTarget {
+    name: String,
+    luns: RwLock<BTreeMap<u64, Arc<LogicalUnit>>>,
+}
+
+impl ScsiTarget {
+    /// A target with no LUNs; `target_name` appears in VPD 0x83 (SCSI name string).
+    pub fn new(target_name: &str) -> Self {
+        ScsiTarget {
+            name: target_name.to_string(),
+            luns: RwLock::new(BTreeMap::new()),
+        }
+    }
+
+    /// The target name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Add or replace a LU.
+    pub fn add_lun(&self, lun: u64, lu: Arc<LogicalUnit>) {
+        self.luns
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(lun, lu);
+    }
+
+    /// Remove a LU; commands in flight keep their `Arc`.
+    pub fn remove_lun(&self, lun: u64) {
+        self.luns
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&lun);
+    }
+
+    /// The LU at `lun`, if any.
+    pub fn lun(&self, lun: u64) -> Option<Arc<LogicalUnit>> {
+        self.luns
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&lun)
+            .cloned()
+    }
+
+    /// Configured LUN numbers, ascending.
+    pub fn lun_ids(&self) -> Vec<u64> {
+        self.luns
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .copied()
+            .collect()
+    }
+
+    /// Execute one command (SAM-5 5.1). Never panics; every SCSI failure
+    /// is a response with CHECK CONDITION or RESERVATION CONFLICT.
+    /// Cancel safety: dropping the future may leave a write half done,
+    /// as an aborted task may (SAM-5 7.2).
+    pub async fn execute(&self, nexus: &Nexus, req: ScsiRequest) -> ScsiResponse {
+        let info = match opcodes::decode(&req.cdb) {
+            Ok(i) => i,
+            Err(s) => {
+                // Unknown LUN takes precedence over an unknown opcode.
+                let s = if self.lun(req.lun).is_none() {
+                    sense::LUN_NOT_SUPPORTED
+                } else {
+                    s
+                };
+                return failed(&req, Fail::Check(s), 0);
+            }
+        };
+        let lu = self.lun(req.lun);
+        let bs = lu.as_ref().map_or(512, |l| l.block_size);
+        let spdtl = opcodes::data_out_len(info, &req.cdb, bs);
+        // Data-Out beyond the expected length: the initiator cannot send it
+        // (FCP-4 / RFC 7143: option b, no data transferred).
+        if spdtl > u64::from(req.expected_len) {
+            let r = Fail::Check(sense::INVALID_FIELD_IN_IU);
+            return failed(&req, r, spdtl);
+        }
+        let ctx = Ctx {
+            nexus,
+            req: &req,
+            info,
+            target_name: &self.name,
+        };
+        let result = match (&lu, info.opcode) {
+            (_, REPORT_LUNS) => self.report_luns(&req.cdb),
+            (Some(lu), _) => lu.execute(&ctx).await,
+            (None, INQUIRY) => super::inquiry::inquiry_no_lun(&req.cdb),
+            (None, REQUEST_SENSE) => Ok(request_sense_data(&req.cdb, sense::LUN_NOT_SUPPORTED)),
+            (None, _) => Err(Fail::Check(sense::LUN_NOT_SUPPORTED)),
+        };
+        match result {
+            Ok(data) => good(&req, info.xfer, data, spdtl),
+            Err(f) => failed(&req, f, spdtl),
+        }
+    }
+
+    /// REPORT LUNS (SPC-4 6.33). SELECT REPORT 0, 1 and 2 all list every LUN.
+    fn report_luns(&self, cdb: &[u8]) -> Result<Bytes, Fail> {
+        let select = u8_at(cdb, 2);
+        if select > 2 {
+            return Err(Sense::invalid_cdb_field(2, None).into());
+        }
+        let alloc = be32(cdb, 6);
+        if alloc < 16 {
+            return Err(Sense::invalid_cdb_field(6, None).into());
+        }
+        let ids = self.lun_ids();
+        let mut out = Vec::with_capacity(8 + 8 * ids.len());
+        out.extend_from_slice(&((ids.len() * 8) as u32).to_be_bytes());
+        out.extend_from_slice(&[0; 4]);
+        for id in ids {
+            out.extend_from_slice(&lun_to_wire(id));
+        }
+        Ok(truncate(out.into(), alloc))
+    }
+
+    /// The session is gone: release RESERVE(6)/(10) reservations it held.
+    /// Persistent reservations and registrations stay (SPC-4 5.13.1).
+    pub fn nexus_lost(&self, nexus_id: u64) {
+        for lu in self.all() {
+            lu.nexus_lost(nexus_id);
+        }
+    }
+
+    /// LOGICAL UNIT RESET (SAM-5 7.7): clears RESERVE(6)/(10), queues a
+    /// BUS DEVICE RESET FUNCTION OCCURRED UA for the other nexuses; PRs stay.
+    /// Returns false if the LUN does not exist.
+    pub fn lun_reset(&self, lun: u64, by: &Nexus) -> bool {
+        match self.lun(lun) {
+            Some(lu) => {
+                lu.reset(Some(by.id), sense::UA_BUS_DEVICE_RESET);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// TARGET (WARM/COLD) RESET (SAM-5 7.10, RFC 7143 11.5.1): every LU is
+    /// reset; other nexuses get POWER ON, RESET... (29/00) for a warm reset
+    /// and POWER ON OCCURRED (29/01) for a cold one.
+    pub fn target_reset(&self, by: &Nexus, cold: bool) {
+        let ua = if cold {
+            (0x29, 0x01)
+        } else {
+            sense::UA_POWER_ON_RESET
+        };
+        for lu in self.all() {
+            lu.reset(Some(by.id), ua);
+        }
+    }
+
+    /// Flush every LU's backend (graceful shutdown). Errors are logged.
+    pub async fn flush_all(&self) {
+        for lu in self.all() {
+            if let Err(e) = lu.backend.flush().await {
+                tracing::warn!(error = %e, serial = %lu.cfg.serial, "flush failed");
+            }
+        }
+    }
+
+    fn all(&self) -> Vec<Arc<LogicalUnit>> {
+        self.luns
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+}
+
+/// Residual of a Data-Out command: SPDTL against EDTL.
+fn out_residual(expected: u32, spdtl: u64) -> Residual {
+    let e = u64::from(expected);
+    if spdtl > e {
+        Residual::Overflow(u32::try_from(spdtl - e).unwrap_or(u32::MAX))
+    } else if spdtl < e {
+        Residual::Underflow((e - spdtl) as u32)
+    } else {
+        Residual::None
+    }
+}
+
+fn good(req: &ScsiRequest, xfer: Xfer, data: Bytes, spdtl: u64) -> ScsiResponse {
+    let (data_in, residual) = if xfer == Xfer::In || !data.is_empty() {
+        let n = data.len() as u64;
+        let e = u64::from(req.expected_len);
+        if n > e {
+            let over = u32::try_from(n - e).unwrap_or(u32::MAX);
+            (
+                data.slice(..req.expected_len as usize),
+                Residual::Overflow(over),
+            )
+        } else {
+            (data, out_residual(req.expected_len, n))
+        }
+    } else {
+        (Bytes::new(), out_residual(req.expected_len, spdtl))
+    };
+    ScsiResponse {
+        status: ScsiStatus::GOOD,
+        sense: None,
+        data_in,
+        residual,
+    }
+}
+
+fn failed(req: &ScsiRequest, f: Fail, spdtl: u64) -> ScsiResponse {
+    let (status, sense) = match f {
+        Fail::Check(s) => (ScsiStatus::CHECK_CONDITION, Some(s.to_bytes())),
+        Fail::Conflict => (ScsiStatus::RESERVATION_CONFLICT, None),
+    };
+    ScsiResponse {
+        status,
+        sense,
+        data_in: Bytes::new(),
+        residual: out_residual(req.expected_len, spdtl),
+    }
+}

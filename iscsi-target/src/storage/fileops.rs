@@ -1,0 +1,182 @@
+//! Blocking file primitives shared by the file-backed engines: sizing,
+//! positional I/O, hole punching and SEEK_DATA/SEEK_HOLE. Callers run these
+//! on a blocking thread; nothing here is async.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::os::unix::io::AsRawFd;
+use std::path::Path;
+
+use bytes::{Bytes, BytesMut};
+
+use super::StorageError;
+
+/// Open or create `path` with exactly `size` bytes (sparse when created).
+pub(crate) fn open_sized(path: &Path, size: u64, allow_grow: bool) -> Result<File, StorageError> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(|e| StorageError::Setup {
+            reason: format!("open {}", path.display()),
+            source: Some(e),
+        })?;
+    let meta = file.metadata().map_err(|e| StorageError::Setup {
+        reason: format!("stat {}", path.display()),
+        source: Some(e),
+    })?;
+    let cur = meta.len();
+    if cur == size {
+        return Ok(file);
+    }
+    if cur == 0 || (allow_grow && cur < size) {
+        file.set_len(size).map_err(|e| StorageError::Setup {
+            reason: format!("ftruncate {} to {size}", path.display()),
+            source: Some(e),
+        })?;
+        return Ok(file);
+    }
+    Err(StorageError::Setup {
+        reason: format!(
+            "{} has size {cur}, expected {size}{}",
+            path.display(),
+            if cur < size {
+                " (growing not allowed)"
+            } else {
+                ""
+            }
+        ),
+        source: None,
+    })
+}
+
+/// pread the whole range.
+pub(crate) fn read_at(file: &File, offset: u64, len: usize) -> Result<Bytes, StorageError> {
+    let mut buf = BytesMut::zeroed(len);
+    file.read_exact_at(&mut buf, offset)
+        .map_err(|e| StorageError::from_io("read", e))?;
+    Ok(buf.freeze())
+}
+
+/// pwrite the whole buffer, then fdatasync when `fua`.
+pub(crate) fn write_at(
+    file: &File,
+    offset: u64,
+    data: &[u8],
+    fua: bool,
+) -> Result<(), StorageError> {
+    file.write_all_at(data, offset)
+        .map_err(|e| StorageError::from_io("write", e))?;
+    if fua {
+        file.sync_data()
+            .map_err(|e| StorageError::from_io("fdatasync", e))?;
+    }
+    Ok(())
+}
+
+/// fdatasync.
+pub(crate) fn flush(file: &File) -> Result<(), StorageError> {
+    file.sync_data()
+        .map_err(|e| StorageError::from_io("fdatasync", e))
+}
+
+fn fallocate(file: &File, mode: i32, offset: u64, len: u64, op: &'static str) -> io::Result<()> {
+    let off = i64::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let l = i64::try_from(len).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let _ = op;
+    // SAFETY: fallocate only reads its integer arguments; the fd is owned by `file`
+    // and stays open for the duration of the call.
+    let rc = unsafe { libc::fallocate(file.as_raw_fd(), mode, off, l) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Punch a hole (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE).
+pub(crate) fn discard(file: &File, offset: u64, len: u64) -> Result<(), StorageError> {
+    if len == 0 {
+        return Ok(());
+    }
+    fallocate(
+        file,
+        libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+        offset,
+        len,
+        "discard",
+    )
+    .map_err(|e| StorageError::from_io("discard", e))
+}
+
+/// Zero a range: punch a hole when `unmap`, else FALLOC_FL_ZERO_RANGE, and
+/// if the filesystem refuses either, write zeroes.
+pub(crate) fn write_zeroes(
+    file: &File,
+    offset: u64,
+    len: u64,
+    unmap: bool,
+) -> Result<(), StorageError> {
+    if len == 0 {
+        return Ok(());
+    }
+    let mode = if unmap {
+        libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE
+    } else {
+        libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE
+    };
+    match fallocate(file, mode, offset, len, "write_zeroes") {
+        Ok(()) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+            const CHUNK: u64 = 1 << 20;
+            let zeroes = vec![0u8; CHUNK.min(len) as usize];
+            let mut pos = offset;
+            let end = offset + len;
+            while pos < end {
+                let n = (end - pos).min(CHUNK) as usize;
+                file.write_all_at(&zeroes[..n], pos)
+                    .map_err(|e| StorageError::from_io("write_zeroes", e))?;
+                pos += n as u64;
+            }
+            Ok(())
+        }
+        Err(e) => Err(StorageError::from_io("write_zeroes", e)),
+    }
+}
+
+fn lseek(file: &File, offset: u64, whence: i32) -> io::Result<Option<u64>> {
+    let off = i64::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: lseek with SEEK_DATA/SEEK_HOLE only inspects the file; the fd is owned
+    // by `file`. The engines never rely on the shared file position (they use
+    // positional I/O), so moving it is harmless.
+    let rc = unsafe { libc::lseek(file.as_raw_fd(), off, whence) };
+    if rc >= 0 {
+        Ok(Some(rc as u64))
+    } else {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::ENXIO) {
+            Ok(None)
+        } else {
+            Err(e)
+        }
+    }
+}
+
+/// `(mapped, extent length)` at `offset` using SEEK_DATA / SEEK_HOLE.
+pub(crate) fn allocation(file: &File, offset: u64, size: u64) -> Result<(bool, u64), StorageError> {
+    let map = |e| StorageError::from_io("allocation", e);
+    match lseek(file, offset, libc::SEEK_DATA).map_err(map)? {
+        Some(data) if data == offset => {
+            let hole = lseek(file, offset, libc::SEEK_HOLE)
+                .map_err(map)?
+                .unwrap_or(size)
+                .min(size);
+            Ok((true, hole.saturating_sub(offset).max(1)))
+        }
+        Some(data) => Ok((false, data.min(size) - offset)),
+        None => Ok((false, size - offset)),
+    }
+}

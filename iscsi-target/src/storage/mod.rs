@@ -1,0 +1,259 @@
+//! Block storage engines behind one async trait.
+//!
+//! This module owns the byte-addressed backing store of a logical unit: the
+//! [`BlockBackend`] trait, its error type, and three engines (`uring`,
+//! `pool`, `memory`). It knows nothing about SCSI (no LBAs, no sense data)
+//! and nothing about iSCSI; the SCSI layer converts LBAs to byte offsets and
+//! maps [`StorageErrorKind`] onto sense codes.
+
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+mod fileops;
+pub mod memory;
+pub mod pool;
+pub mod uring;
+
+pub use memory::MemoryBackend;
+pub use pool::PoolBackend;
+pub use uring::UringBackend;
+
+/// Stable classification of a [`StorageError`]; the SCSI layer maps each
+/// kind onto a sense code (SBC-3 4.18 / SPC-4 4.5.6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StorageErrorKind {
+    /// The backing store ran out of space (ENOSPC/EDQUOT).
+    NoSpace,
+    /// Any other I/O failure of the backing store.
+    Io,
+    /// The request reaches beyond the end of the backend.
+    OutOfRange,
+    /// The engine cannot perform this operation (e.g. no hole punching).
+    Unsupported,
+    /// The engine's worker has stopped.
+    EngineGone,
+    /// A backing file could not be opened or has the wrong size.
+    Setup,
+}
+
+/// The one error of the storage layer.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// Out of space on the backing store.
+    #[error("no space left on backing store during {op}")]
+    NoSpace {
+        /// Operation that failed.
+        op: &'static str,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// Generic I/O failure.
+    #[error("I/O error during {op}")]
+    Io {
+        /// Operation that failed.
+        op: &'static str,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// Range beyond the end of the backend.
+    #[error("range {offset}+{len} is beyond the backend size {size}")]
+    OutOfRange {
+        /// Start of the range in bytes.
+        offset: u64,
+        /// Length of the range in bytes.
+        len: u64,
+        /// Backend size in bytes.
+        size: u64,
+    },
+    /// Operation not supported by this engine / filesystem.
+    #[error("{op} is not supported by the backing store")]
+    Unsupported {
+        /// Operation that failed.
+        op: &'static str,
+        /// The OS error, if any.
+        #[source]
+        source: Option<io::Error>,
+    },
+    /// The engine worker thread is gone.
+    #[error("storage engine worker has stopped")]
+    EngineGone,
+    /// Opening or sizing the backing file failed.
+    #[error("cannot set up backing file: {reason}")]
+    Setup {
+        /// What went wrong.
+        reason: String,
+        /// The OS error, if any.
+        #[source]
+        source: Option<io::Error>,
+    },
+}
+
+impl StorageError {
+    /// The stable kind of this error.
+    pub fn kind(&self) -> StorageErrorKind {
+        match self {
+            StorageError::NoSpace { .. } => StorageErrorKind::NoSpace,
+            StorageError::Io { .. } => StorageErrorKind::Io,
+            StorageError::OutOfRange { .. } => StorageErrorKind::OutOfRange,
+            StorageError::Unsupported { .. } => StorageErrorKind::Unsupported,
+            StorageError::EngineGone => StorageErrorKind::EngineGone,
+            StorageError::Setup { .. } => StorageErrorKind::Setup,
+        }
+    }
+
+    /// Classify an OS error raised by `op` (ENOSPC/EDQUOT become `NoSpace`,
+    /// EOPNOTSUPP becomes `Unsupported`).
+    pub fn from_io(op: &'static str, source: io::Error) -> Self {
+        match source.raw_os_error() {
+            Some(libc::ENOSPC) | Some(libc::EDQUOT) => StorageError::NoSpace { op, source },
+            Some(libc::EOPNOTSUPP) => StorageError::Unsupported {
+                op,
+                source: Some(source),
+            },
+            _ => StorageError::Io { op, source },
+        }
+    }
+}
+
+/// Check that `[offset, offset+len)` lies inside a backend of `size` bytes.
+pub fn check_range(offset: u64, len: u64, size: u64) -> Result<(), StorageError> {
+    match offset.checked_add(len) {
+        Some(end) if end <= size => Ok(()),
+        _ => Err(StorageError::OutOfRange { offset, len, size }),
+    }
+}
+
+/// A byte-addressed block store. All methods are cancel-safe in the sense
+/// that dropping the future never corrupts the engine, but a dropped write
+/// may or may not have reached the medium.
+#[async_trait]
+pub trait BlockBackend: Send + Sync + 'static {
+    /// Size in bytes; fixed for the lifetime of the backend.
+    fn size(&self) -> u64;
+    /// Short engine name ("uring", "pool", "memory") for logs and tests.
+    fn engine_name(&self) -> &'static str;
+    /// Read `len` bytes at `offset`. Unwritten or discarded areas read as zeroes.
+    async fn read(&self, offset: u64, len: usize) -> Result<Bytes, StorageError>;
+    /// Write `data` at `offset`; with `fua` the data is on stable storage
+    /// (fdatasync) before `Ok` (SBC-3 5.40 FUA).
+    async fn write(&self, offset: u64, data: Bytes, fua: bool) -> Result<(), StorageError>;
+    /// Make all completed writes durable (fdatasync; SBC-3 5.24 SYNCHRONIZE CACHE).
+    async fn flush(&self) -> Result<(), StorageError>;
+    /// Deallocate a range (punch hole, keep size). Reads return zeroes afterwards.
+    async fn discard(&self, offset: u64, len: u64) -> Result<(), StorageError>;
+    /// Zero a range; with `unmap` the range may be deallocated instead.
+    async fn write_zeroes(&self, offset: u64, len: u64, unmap: bool) -> Result<(), StorageError>;
+    /// Allocation state at `offset`: `(mapped, extent length in bytes from offset)`
+    /// for the run of identical state that starts there (SEEK_DATA/SEEK_HOLE).
+    async fn allocation(&self, offset: u64) -> Result<(bool, u64), StorageError>;
+}
+
+/// Which engine `open_file` should use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EngineChoice {
+    /// `LOCUS_STORAGE_ENGINE` if set, else io_uring when the probe succeeds, else pool.
+    Auto,
+    /// io_uring; fails if the kernel refuses io_uring.
+    Uring,
+    /// Thread-pool pread/pwrite.
+    Pool,
+}
+
+/// The environment variable that overrides [`EngineChoice::Auto`].
+pub const ENGINE_ENV: &str = "LOCUS_STORAGE_ENGINE";
+
+impl EngineChoice {
+    /// Parse `pool`, `uring` or `auto` (case-insensitive).
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "auto" | "" => Some(EngineChoice::Auto),
+            "uring" | "io_uring" | "io-uring" => Some(EngineChoice::Uring),
+            "pool" => Some(EngineChoice::Pool),
+            _ => None,
+        }
+    }
+}
+
+/// Concrete engines after resolution of [`EngineChoice`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResolvedEngine {
+    /// io_uring engine.
+    Uring,
+    /// Thread-pool engine.
+    Pool,
+}
+
+/// Resolve a choice given the environment override and the io_uring probe
+/// result. Pure, so that the fallback logic is testable.
+pub fn resolve_engine(
+    choice: EngineChoice,
+    env: Option<&str>,
+    uring_ok: bool,
+) -> Result<ResolvedEngine, StorageError> {
+    let choice = match (choice, env) {
+        (EngineChoice::Auto, Some(v)) => {
+            EngineChoice::parse(v).ok_or_else(|| StorageError::Setup {
+                reason: format!("{ENGINE_ENV}={v:?} is not one of pool, uring, auto"),
+                source: None,
+            })?
+        }
+        (c, _) => c,
+    };
+    match choice {
+        EngineChoice::Pool => Ok(ResolvedEngine::Pool),
+        EngineChoice::Uring if uring_ok => Ok(ResolvedEngine::Uring),
+        EngineChoice::Uring => Err(StorageError::Setup {
+            reason: "io_uring is not available on this kernel".into(),
+            source: None,
+        }),
+        EngineChoice::Auto if uring_ok => Ok(ResolvedEngine::Uring),
+        EngineChoice::Auto => Ok(ResolvedEngine::Pool),
+    }
+}
+
+/// Options for [`open_file_with`].
+#[derive(Debug, Clone, Copy)]
+pub struct OpenOptions {
+    /// Engine selection.
+    pub engine: EngineChoice,
+    /// Allow an existing smaller file to be extended to `size_bytes`.
+    pub allow_grow: bool,
+}
+
+/// Open (or create sparse) a backing file of exactly `size_bytes` bytes.
+/// An existing file of a different size is refused.
+pub fn open_file(
+    path: &Path,
+    size_bytes: u64,
+    engine: EngineChoice,
+) -> Result<Arc<dyn BlockBackend>, StorageError> {
+    open_file_with(
+        path,
+        size_bytes,
+        OpenOptions {
+            engine,
+            allow_grow: false,
+        },
+    )
+}
+
+/// [`open_file`] with explicit options.
+pub fn open_file_with(
+    path: &Path,
+    size_bytes: u64,
+    opts: OpenOptions,
+) -> Result<Arc<dyn BlockBackend>, StorageError> {
+    let env = std::env::var(ENGINE_ENV).ok();
+    let resolved = resolve_engine(opts.engine, env.as_deref(), uring::probe())?;
+    let file = fileops::open_sized(path, size_bytes, opts.allow_grow)?;
+    match resolved {
+        ResolvedEngine::Pool => Ok(Arc::new(PoolBackend::new(file, size_bytes))),
+        ResolvedEngine::Uring => Ok(Arc::new(UringBackend::new(file, size_bytes)?)),
+    }
+}

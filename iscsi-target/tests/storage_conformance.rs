@@ -1,0 +1,232 @@
+//! One conformance suite for every `BlockBackend` engine (memory, pool, io_uring).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use iscsi_target::storage::{
+    open_file, resolve_engine, uring, BlockBackend, EngineChoice, MemoryBackend, PoolBackend,
+    ResolvedEngine, StorageErrorKind, UringBackend,
+};
+
+const SIZE: u64 = 16 << 20;
+
+fn pattern(seed: u8, len: usize) -> Bytes {
+    (0..len)
+        .map(|i| seed.wrapping_add((i % 251) as u8))
+        .collect::<Vec<u8>>()
+        .into()
+}
+
+async fn conformance(b: Arc<dyn BlockBackend>) {
+    let name = b.engine_name();
+    assert_eq!(b.size(), SIZE, "{name}");
+
+    // Unwritten areas read as zeroes and are reported unmapped.
+    let z = b.read(0, 65536).await.unwrap();
+    assert!(z.iter().all(|&x| x == 0), "{name}: fresh read not zero");
+    let (mapped, len) = b.allocation(0).await.unwrap();
+    assert!(!mapped, "{name}: fresh backend mapped");
+    assert!(len > 0 && len <= SIZE, "{name}");
+
+    // Read after write, unaligned and aligned.
+    let data = pattern(3, 3 * 4096);
+    b.write(1 << 20, data.clone(), false).await.unwrap();
+    assert_eq!(b.read(1 << 20, data.len()).await.unwrap(), data, "{name}");
+    let small = pattern(9, 700);
+    b.write(5000, small.clone(), true).await.unwrap();
+    assert_eq!(b.read(5000, 700).await.unwrap(), small, "{name}");
+    let around = b.read(4096, 4096).await.unwrap();
+    assert!(around[..904].iter().all(|&x| x == 0), "{name}");
+    assert_eq!(&around[904..1604], &small[..], "{name}");
+    assert!(around[1604..].iter().all(|&x| x == 0), "{name}");
+
+    // Allocation reports the written region mapped.
+    let (mapped, len) = b.allocation(1 << 20).await.unwrap();
+    assert!(mapped, "{name}: written region not mapped");
+    assert!(len >= 3 * 4096, "{name}: extent {len}");
+
+    // Discard, then zeroes and a hole.
+    b.discard(1 << 20, 3 * 4096).await.unwrap();
+    let r = b.read(1 << 20, 3 * 4096).await.unwrap();
+    assert!(
+        r.iter().all(|&x| x == 0),
+        "{name}: discarded range not zero"
+    );
+    let (mapped, len) = b.allocation(1 << 20).await.unwrap();
+    assert!(!mapped, "{name}: discarded range still mapped");
+    assert!(len >= 3 * 4096, "{name}");
+
+    // write_zeroes with and without unmap.
+    b.write(2 << 20, pattern(1, 8192), false).await.unwrap();
+    b.write_zeroes(2 << 20, 8192, false).await.unwrap();
+    assert!(
+        b.read(2 << 20, 8192).await.unwrap().iter().all(|&x| x == 0),
+        "{name}"
+    );
+    b.write(3 << 20, pattern(2, 8192), false).await.unwrap();
+    b.write_zeroes(3 << 20, 8192, true).await.unwrap();
+    assert!(
+        b.read(3 << 20, 8192).await.unwrap().iter().all(|&x| x == 0),
+        "{name}"
+    );
+    assert!(
+        !b.allocation(3 << 20).await.unwrap().0,
+        "{name}: unmap zeroes left mapping"
+    );
+
+    // FUA and flush succeed.
+    b.write(0, pattern(4, 512), true).await.unwrap();
+    b.flush().await.unwrap();
+
+    // Out of range.
+    for e in [
+        b.read(SIZE - 100, 200).await.err(),
+        b.write(SIZE, Bytes::from_static(b"x"), false).await.err(),
+        b.discard(SIZE - 1, 2).await.err(),
+        b.write_zeroes(u64::MAX - 1, 4, false).await.err(),
+        b.allocation(SIZE).await.err(),
+    ] {
+        assert_eq!(
+            e.map(|e| e.kind()),
+            Some(StorageErrorKind::OutOfRange),
+            "{name}"
+        );
+    }
+    // The last byte is still addressable.
+    b.write(SIZE - 1, Bytes::from_static(b"z"), false)
+        .await
+        .unwrap();
+    assert_eq!(&b.read(SIZE - 1, 1).await.unwrap()[..], b"z");
+
+    // Concurrent writes to disjoint ranges.
+    let mut tasks = Vec::new();
+    for i in 0..32u64 {
+        let b = Arc::clone(&b);
+        tasks.push(tokio::spawn(async move {
+            let d = pattern(i as u8, 16384);
+            b.write((8 << 20) + i * 16384, d.clone(), i % 5 == 0)
+                .await
+                .unwrap();
+            d
+        }));
+    }
+    let mut expect = Vec::new();
+    for t in tasks {
+        expect.push(t.await.unwrap());
+    }
+    let all = b.read(8 << 20, 32 * 16384).await.unwrap();
+    for (i, d) in expect.iter().enumerate() {
+        assert_eq!(
+            &all[i * 16384..(i + 1) * 16384],
+            &d[..],
+            "{name}: chunk {i}"
+        );
+    }
+    // Concurrent reads.
+    let reads: Vec<_> = (0..32u64)
+        .map(|i| {
+            let b = Arc::clone(&b);
+            tokio::spawn(async move { b.read((8 << 20) + i * 16384, 16384).await.unwrap() })
+        })
+        .collect();
+    for (i, t) in reads.into_iter().enumerate() {
+        assert_eq!(t.await.unwrap(), expect[i], "{name}: concurrent read {i}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_engine_conforms() {
+    conformance(Arc::new(MemoryBackend::new(SIZE))).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_engine_conforms() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(dir.path().join("lun"))
+        .unwrap();
+    f.set_len(SIZE).unwrap();
+    conformance(Arc::new(PoolBackend::new(f, SIZE))).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uring_engine_conforms() {
+    assert!(
+        uring::probe(),
+        "io_uring is expected to work on this machine (kernel.io_uring_disabled?)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let f = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(dir.path().join("lun"))
+        .unwrap();
+    f.set_len(SIZE).unwrap();
+    conformance(Arc::new(UringBackend::new(f, SIZE).unwrap())).await;
+}
+
+#[tokio::test]
+async fn open_file_creates_sparse_and_refuses_size_mismatch() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("img");
+    let b = open_file(&p, SIZE, EngineChoice::Pool).unwrap();
+    assert_eq!(b.engine_name(), "pool");
+    assert_eq!(std::fs::metadata(&p).unwrap().len(), SIZE);
+    b.write(0, Bytes::from_static(b"hello"), true)
+        .await
+        .unwrap();
+    drop(b);
+    let err = open_file(&p, SIZE * 2, EngineChoice::Pool).err().unwrap();
+    assert_eq!(err.kind(), StorageErrorKind::Setup);
+    let err = open_file(&p, SIZE / 2, EngineChoice::Pool).err().unwrap();
+    assert_eq!(err.kind(), StorageErrorKind::Setup);
+    let b = iscsi_target::storage::open_file_with(
+        &p,
+        SIZE * 2,
+        iscsi_target::storage::OpenOptions {
+            engine: EngineChoice::Pool,
+            allow_grow: true,
+        },
+    )
+    .unwrap();
+    assert_eq!(b.size(), SIZE * 2);
+    assert_eq!(&b.read(0, 5).await.unwrap()[..], b"hello");
+}
+
+#[test]
+fn engine_resolution_falls_back() {
+    use EngineChoice::*;
+    assert_eq!(
+        resolve_engine(Auto, None, true).unwrap(),
+        ResolvedEngine::Uring
+    );
+    assert_eq!(
+        resolve_engine(Auto, None, false).unwrap(),
+        ResolvedEngine::Pool
+    );
+    assert_eq!(
+        resolve_engine(Auto, Some("pool"), true).unwrap(),
+        ResolvedEngine::Pool
+    );
+    assert_eq!(
+        resolve_engine(Auto, Some("URING"), true).unwrap(),
+        ResolvedEngine::Uring
+    );
+    assert_eq!(
+        resolve_engine(Auto, Some("auto"), false).unwrap(),
+        ResolvedEngine::Pool
+    );
+    assert!(resolve_engine(Auto, Some("uring"), false).is_err());
+    assert!(resolve_engine(Auto, Some("bogus"), true).is_err());
+    assert!(resolve_engine(Uring, None, false).is_err());
+    assert_eq!(
+        resolve_engine(Pool, Some("uring"), true).unwrap(),
+        ResolvedEngine::Pool
+    );
+}
