@@ -1,1 +1,3 @@
 //! Locus iSCSI target.
+
+pub mod login;
