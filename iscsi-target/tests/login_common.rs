@@ -1,7 +1,7 @@
 //! Shared helpers for the `login_*` integration tests: a fake target
 //! directory, Login Request builders and an initiator-side CHAP helper.
 //! Included by the other test files with `#[path]`; has no tests itself.
-#![allow(dead_code)]
+#![allow(dead_code, missing_docs)]
 
 use std::sync::Arc;
 
