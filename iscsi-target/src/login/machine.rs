@@ -243,6 +243,15 @@ impl LoginMachine {
         matches!(self.state, State::Failed)
     }
 
+    /// The stage the login is in: `None` before the first PDU and after a
+    /// failure, `Some(FullFeature)` once finished.
+    pub fn stage(&self) -> Option<Stage> {
+        match self.state {
+            State::FullFeature => Some(Stage::FullFeature),
+            _ => self.expected_stage(),
+        }
+    }
+
     /// The stage the next Login Request must carry as CSG, if any.
     fn expected_stage(&self) -> Option<Stage> {
         match &self.state {
