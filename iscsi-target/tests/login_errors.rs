@@ -196,6 +196,7 @@ fn csg_must_follow_the_negotiated_stage() {
     let out = m.step(&req(0, 0, false, t(&k)));
     assert_ok(&out);
     assert!(!out.transit);
+    assert_eq!(m.stage(), Some(Stage::Security));
     assert_status(&m.step(&req(1, 3, true, Bytes::new())), 2, 0);
     // In operational, going back to security.
     let mut m = machine();
@@ -344,8 +345,10 @@ fn continued_text_is_gathered() {
     assert!(!out.transit);
     assert!(out.text.is_empty(), "empty response to a continued PDU");
     assert_eq!(out.csg, Stage::Operational);
+    assert_eq!(m.stage(), None, "no stage before the first complete PDU");
     let out = m.step(&req(1, 3, true, Bytes::copy_from_slice(b)));
     assert_ok(&out);
+    assert_eq!(m.stage(), Some(Stage::FullFeature));
     assert_eq!(
         get(&pairs(&out), "MaxBurstLength").as_deref(),
         Some("65536")

@@ -80,6 +80,9 @@ fn no_auth_normal_session_in_one_pdu() {
     assert_eq!(r.initiator_name, INITIATOR);
     assert_eq!(r.initiator_alias.as_deref(), Some("node1"));
     assert_eq!(r.target_name.as_deref(), Some(OPEN_TARGET));
+    assert_eq!(r.target_alias.as_deref(), Some("open disk"));
+    assert_eq!(r.portal_group_tag, Some(1));
+    assert_eq!(r.isid, [0x00, 0x02, 0x3d, 0x00, 0x00, 0x01]);
     let sp = r.params;
     assert_eq!(sp.initiator_mrdsl, 262_144);
     assert_eq!(sp.target_mrdsl, 262_144);
@@ -238,6 +241,7 @@ fn discovery_straight_from_security_to_full_feature() {
     let r = out.done.unwrap();
     assert_eq!(r.session_type, SessionType::Discovery);
     assert_eq!(r.target_name, None);
+    assert_eq!(r.portal_group_tag, None);
     assert_eq!(r.params.target_mrdsl, 8192, "never declared: RFC default");
 }
 

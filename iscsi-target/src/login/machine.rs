@@ -87,6 +87,12 @@ pub struct LoginResult {
     pub initiator_alias: Option<String>,
     /// TargetName (Normal sessions).
     pub target_name: Option<String>,
+    /// TargetAlias returned to the initiator, if configured.
+    pub target_alias: Option<String>,
+    /// TargetPortalGroupTag returned to the initiator (Normal sessions);
+    /// with the ISID, InitiatorName and TargetName it names the I_T nexus
+    /// (RFC 7143 §4.4.2).
+    pub portal_group_tag: Option<u16>,
     /// ISID of the request.
     pub isid: [u8; 6],
     /// TSIH of the request (0 = new session).
@@ -235,6 +241,15 @@ impl LoginMachine {
     /// True once the login failed.
     pub fn is_failed(&self) -> bool {
         matches!(self.state, State::Failed)
+    }
+
+    /// The stage the login is in: `None` before the first PDU and after a
+    /// failure, `Some(FullFeature)` once finished.
+    pub fn stage(&self) -> Option<Stage> {
+        match self.state {
+            State::FullFeature => Some(Stage::FullFeature),
+            _ => self.expected_stage(),
+        }
     }
 
     /// The stage the next Login Request must carry as CSG, if any.
@@ -528,6 +543,8 @@ fn finish(ctx: Ctx, input: &LoginInput) -> LoginResult {
         session_type: ctx.session_type,
         initiator_name: ctx.initiator_name,
         initiator_alias: ctx.initiator_alias,
+        portal_group_tag: ctx.target.as_ref().map(|t| t.portal_group_tag),
+        target_alias: ctx.target.as_ref().and_then(|t| t.alias.clone()),
         target_name: ctx.target.map(|t| t.name),
         isid: input.isid,
         tsih: input.tsih,
