@@ -1,2 +1,108 @@
-//! `locusd`, the Locus target daemon.
-fn main() {}
+//! `locusd`, the Locus target daemon. Parses arguments, sets up logging and
+//! signals, and calls [`iscsi_target::daemon::run`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use iscsi_target::config::{Config, DEFAULT_TARGET};
+use tokio::net::TcpListener;
+
+/// Locus iSCSI target daemon.
+///
+/// With no arguments it serves the target iqn.2026-11.io.locus:default, whose
+/// LUN 0 is a 1 GiB thin image in ./locus-data, on 127.0.0.1:3260. A TOML file
+/// (--config) declares more targets, LUNs, ACLs and CHAP; see the README.
+/// Stop it with SIGTERM or Ctrl-C: initiators are asked to log out, running
+/// commands finish, and every LUN is flushed.
+#[derive(Parser, Debug)]
+#[command(name = "locusd", version)]
+struct Args {
+    /// Address to listen on (repeat for more portals). Overrides the config.
+    #[arg(long, value_name = "ADDR")]
+    listen: Vec<SocketAddr>,
+    /// Directory for images and state. Overrides the config.
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// TOML configuration file.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Storage engine: auto (io_uring when the kernel allows it), uring or pool.
+    #[arg(long, value_name = "ENGINE")]
+    engine: Option<String>,
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let mut cfg = match &args.config {
+        Some(p) => Config::load(p)?,
+        None => Config::default(),
+    };
+    if !args.listen.is_empty() {
+        cfg.listen = args.listen.clone();
+    }
+    if let Some(d) = args.data_dir {
+        cfg.data_dir = d;
+    }
+    if let Some(e) = args.engine {
+        cfg.engine = e;
+    }
+    cfg.validate()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(serve(cfg))
+}
+
+async fn serve(cfg: Config) -> Result<()> {
+    let mut listeners = Vec::new();
+    for addr in &cfg.listen {
+        let l = TcpListener::bind(addr).await.with_context(|| {
+            format!("cannot listen on {addr} (is another target running there?)")
+        })?;
+        listeners.push(l);
+    }
+    let targets = iscsi_target::daemon::build_targets(&cfg, &listeners)?;
+    for l in &listeners {
+        tracing::info!(portal = %l.local_addr()?, data_dir = %cfg.data_dir.display(),
+            "locusd listening");
+    }
+    if cfg.targets.iter().any(|t| t.name == DEFAULT_TARGET) {
+        tracing::info!(target = DEFAULT_TARGET, "serving the default target");
+    }
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("signal received, shutting down");
+        let _ = tx.send(true);
+    });
+    iscsi_target::daemon::run(&cfg, targets, listeners, rx).await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -21,7 +21,7 @@ pub mod sense;
 mod target;
 mod thin;
 
-pub use lu::{LogicalUnit, LunConfig, LunError};
+pub use lu::{naa_from, LogicalUnit, LunConfig, LunError};
 pub use sense::Sense;
 pub use target::ScsiTarget;
 
@@ -117,6 +117,17 @@ pub struct ScsiResponse {
 }
 
 impl ScsiResponse {
+    /// CHECK CONDITION with `sense` and no data, for failures a transport
+    /// detects before the command reaches the SCSI layer.
+    pub fn check_condition(sense: Sense) -> Self {
+        ScsiResponse {
+            status: ScsiStatus::CHECK_CONDITION,
+            sense: Some(sense.to_bytes()),
+            data_in: Bytes::new(),
+            residual: Residual::None,
+        }
+    }
+
     /// Decoded (key, asc, ascq) of the sense data, if any.
     pub fn sense_triple(&self) -> Option<(u8, u8, u8)> {
         let s = self.sense.as_ref()?;

@@ -1,0 +1,374 @@
+//! The `locusd` configuration: the TOML file format, its defaults, and its
+//! validation. Owns no runtime state; [`crate::daemon`] builds targets from it.
+//!
+//! With no file, Locus serves one target, `iqn.2026-11.io.locus:default`, with
+//! LUN 0 a 1 GiB thin image in the data dir. A file looks like this:
+//!
+//! ```toml
+//! listen = ["127.0.0.1:3260"]
+//! data_dir = "/var/lib/locus"
+//!
+//! [[target]]
+//! name = "iqn.2026-11.io.locus:db"
+//! alias = "database disks"
+//! acl = ["iqn.1993-08.org.debian:01:db1"]   # omit to allow every initiator
+//! chap = { user = "db1", secret = "s3cret-s3cret" }
+//!
+//! [[target.lun]]
+//! id = 0
+//! size = "20G"
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The default target's IQN.
+pub const DEFAULT_TARGET: &str = "iqn.2026-11.io.locus:default";
+/// The default portal.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:3260";
+/// The default data directory.
+pub const DEFAULT_DATA_DIR: &str = "./locus-data";
+
+/// A configuration problem, naming the field and what is wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The TOML is malformed or has unknown fields.
+    #[error("config file {path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: toml::de::Error,
+    },
+    /// A value is out of range or inconsistent.
+    #[error("config: {0}")]
+    Invalid(String),
+}
+
+/// The whole daemon configuration.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Portals to listen on.
+    #[serde(default = "default_listen")]
+    pub listen: Vec<SocketAddr>,
+    /// Where images and state live.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// CHAP required for discovery sessions, if any.
+    #[serde(default)]
+    pub discovery_chap: Option<ChapConfig>,
+    /// Storage engine: "auto", "uring" or "pool".
+    #[serde(default = "default_engine")]
+    pub engine: String,
+    /// Commands admitted per session (the CmdSN window).
+    #[serde(default = "default_queue_depth")]
+    pub queue_depth: u32,
+    /// Seconds of idle time before a NOP-In keepalive.
+    #[serde(default = "default_nop_interval")]
+    pub nop_interval_secs: u64,
+    /// Seconds a keepalive may go unanswered before the session is dropped.
+    #[serde(default = "default_nop_timeout")]
+    pub nop_timeout_secs: u64,
+    /// Targets.
+    #[serde(default, rename = "target")]
+    pub targets: Vec<TargetConfig>,
+}
+
+/// One target.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TargetConfig {
+    /// The target's IQN.
+    pub name: String,
+    /// TargetAlias.
+    #[serde(default)]
+    pub alias: Option<String>,
+    /// Initiator IQNs allowed; absent = all.
+    #[serde(default)]
+    pub acl: Option<Vec<String>>,
+    /// CHAP credentials; present = CHAP required.
+    #[serde(default)]
+    pub chap: Option<ChapConfig>,
+    /// LUNs.
+    #[serde(default, rename = "lun")]
+    pub luns: Vec<LunConfigFile>,
+}
+
+/// CHAP credentials in the config file.
+#[derive(Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ChapConfig {
+    /// CHAP_N the initiator must send.
+    pub user: String,
+    /// The secret (RFC 7143 §12.1.3 recommends at least 12 bytes).
+    pub secret: String,
+    /// For mutual CHAP: the name we answer with.
+    #[serde(default)]
+    pub mutual_user: Option<String>,
+    /// For mutual CHAP: the secret we prove.
+    #[serde(default)]
+    pub mutual_secret: Option<String>,
+}
+
+impl std::fmt::Debug for ChapConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChapConfig")
+            .field("user", &self.user)
+            .field("mutual_user", &self.mutual_user)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One LUN in the config file.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LunConfigFile {
+    /// LUN number (0..=16383).
+    pub id: u64,
+    /// Size, like "1G", "512M" or a byte count.
+    pub size: String,
+    /// Backing file; relative paths are inside the data dir.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// Logical block size: 512 or 4096.
+    #[serde(default = "default_block_size")]
+    pub block_size: u32,
+    /// Whether the LUN advertises a volatile write cache (WCE).
+    #[serde(default = "default_true")]
+    pub write_cache: bool,
+    /// Read-only LUN.
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+fn default_listen() -> Vec<SocketAddr> {
+    vec![DEFAULT_LISTEN.parse().expect("constant address parses")]
+}
+fn default_data_dir() -> PathBuf {
+    PathBuf::from(DEFAULT_DATA_DIR)
+}
+fn default_engine() -> String {
+    "auto".into()
+}
+fn default_queue_depth() -> u32 {
+    128
+}
+fn default_nop_interval() -> u64 {
+    15
+}
+fn default_nop_timeout() -> u64 {
+    30
+}
+fn default_block_size() -> u32 {
+    512
+}
+fn default_true() -> bool {
+    true
+}
+
+impl Default for Config {
+    /// The embedded default: one target with a 1 GiB LUN 0.
+    fn default() -> Self {
+        Config {
+            listen: default_listen(),
+            data_dir: default_data_dir(),
+            discovery_chap: None,
+            engine: default_engine(),
+            queue_depth: default_queue_depth(),
+            nop_interval_secs: default_nop_interval(),
+            nop_timeout_secs: default_nop_timeout(),
+            targets: vec![TargetConfig {
+                name: DEFAULT_TARGET.into(),
+                alias: Some("Locus default target".into()),
+                acl: None,
+                chap: None,
+                luns: vec![LunConfigFile {
+                    id: 0,
+                    size: "1G".into(),
+                    path: None,
+                    block_size: 512,
+                    write_cache: true,
+                    read_only: false,
+                }],
+            }],
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text).map_err(|e| match e {
+            ConfigError::Parse { source, .. } => ConfigError::Parse {
+                path: path.to_owned(),
+                source,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses and validates TOML text.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let mut cfg: Config = toml::from_str(text).map_err(|source| ConfigError::Parse {
+            path: PathBuf::from("<text>"),
+            source,
+        })?;
+        if cfg.targets.is_empty() {
+            cfg.targets = Config::default().targets;
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks every value; the error names the offending field.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self.listen.is_empty() {
+            return bad("`listen` must name at least one address".into());
+        }
+        if !(1..=65_535).contains(&self.queue_depth) {
+            return bad(format!(
+                "queue_depth {} must be 1..=65535",
+                self.queue_depth
+            ));
+        }
+        let mut names = std::collections::HashSet::new();
+        for t in &self.targets {
+            if !crate::login::keys::valid_iscsi_name(&t.name) {
+                return bad(format!(
+                    "target name {:?} is not a valid iqn./eui./naa. name",
+                    t.name
+                ));
+            }
+            if !names.insert(t.name.to_ascii_lowercase()) {
+                return bad(format!("target {} is declared twice", t.name));
+            }
+            if let Some(c) = &t.chap {
+                if c.mutual_user.is_some() != c.mutual_secret.is_some() {
+                    return bad(format!(
+                        "target {}: mutual CHAP needs both mutual_user and mutual_secret",
+                        t.name
+                    ));
+                }
+            }
+            let mut ids = std::collections::HashSet::new();
+            for l in &t.luns {
+                if l.id > 16_383 {
+                    return bad(format!("target {}: LUN {} is above 16383", t.name, l.id));
+                }
+                if !ids.insert(l.id) {
+                    return bad(format!("target {}: LUN {} is declared twice", t.name, l.id));
+                }
+                if l.block_size != 512 && l.block_size != 4096 {
+                    return bad(format!(
+                        "target {} LUN {}: block_size must be 512 or 4096, not {}",
+                        t.name, l.id, l.block_size
+                    ));
+                }
+                let size = parse_size(&l.size).map_err(|e| {
+                    ConfigError::Invalid(format!("target {} LUN {}: size: {e}", t.name, l.id))
+                })?;
+                if size == 0 || size % u64::from(l.block_size) != 0 {
+                    return bad(format!("target {} LUN {}: size {size} is not a positive multiple of the block size {}", t.name, l.id, l.block_size));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Parses sizes like `4096`, `512K`, `100M`, `1G`, `2T` (binary units; an
+/// optional `iB`/`B` suffix is accepted).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let t = t
+        .strip_suffix("iB")
+        .or_else(|| t.strip_suffix('B'))
+        .unwrap_or(t);
+    let (num, mult) = match t.chars().last() {
+        Some(c @ ('K' | 'k' | 'M' | 'm' | 'G' | 'g' | 'T' | 't')) => {
+            let shift = match c.to_ascii_uppercase() {
+                'K' => 10,
+                'M' => 20,
+                'G' => 30,
+                _ => 40,
+            };
+            (&t[..t.len() - 1], 1u64 << shift)
+        }
+        _ => (t, 1),
+    };
+    let n: u64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (examples: 4096, 512M, 1G)"))?;
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("1G"), Ok(1 << 30));
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("2GiB"), Ok(2 << 30));
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("99999999999T").is_err());
+    }
+
+    #[test]
+    fn example_parses() {
+        let cfg = Config::parse(
+            r#"
+            listen = ["127.0.0.1:3261"]
+            [[target]]
+            name = "iqn.2026-11.io.locus:db"
+            acl = ["iqn.1993-08.org.debian:01:db1"]
+            chap = { user = "db1", secret = "s3cret-s3cret" }
+            [[target.lun]]
+            id = 0
+            size = "20G"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(cfg.targets.len(), 1);
+        assert_eq!(cfg.targets[0].luns[0].block_size, 512);
+        assert_eq!(cfg.listen[0].port(), 3261);
+    }
+
+    #[test]
+    fn errors_name_the_problem() {
+        let e = Config::parse("bogus = 1").unwrap_err().to_string();
+        assert!(e.contains("bogus"), "{e}");
+        let e = Config::parse(
+            "[[target]]\nname = \"iqn.2026-11.io.locus:x\"\n[[target.lun]]\nid = 0\nsize = \"1000\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("multiple of the block size"), "{e}");
+        let e = Config::parse("[[target]]\nname = \"not an iqn\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not a valid"), "{e}");
+    }
+}

@@ -1,0 +1,348 @@
+//! Session behaviour at the wire: solicited and unsolicited write data,
+//! Data-In sequencing, SendTargets discovery, session reinstatement, task
+//! management, and the Async logout request on shutdown.
+
+mod common;
+
+use bytes::{Bytes, BytesMut};
+use common::*;
+use iscsi_target::pdu::{
+    AsyncEvent, Bhs, DataOut, Itt, LoginFlags, LogoutRequest, Pdu, TaskMgmtRequest, TextRequest,
+    TmfFunction, TmfResponseCode, Ttt,
+};
+
+fn write10(lba: u32, blocks: u16) -> [u8; 10] {
+    let mut c = [0u8; 10];
+    c[0] = 0x2a;
+    c[2..6].copy_from_slice(&lba.to_be_bytes());
+    c[7..9].copy_from_slice(&blocks.to_be_bytes());
+    c
+}
+
+fn read10(lba: u32, blocks: u16) -> [u8; 10] {
+    let mut c = write10(lba, blocks);
+    c[0] = 0x28;
+    c
+}
+
+fn pattern(len: usize, seed: u8) -> Bytes {
+    Bytes::from(
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+            .collect::<Vec<_>>(),
+    )
+}
+
+/// Writes `data` answering every R2T, returns the final status.
+async fn write_with_r2t(w: &mut Wire, lba: u32, data: Bytes) -> u8 {
+    let blocks = (data.len() / 512) as u16;
+    let cmd = w.scsi_command(
+        &write10(lba, blocks),
+        data.len() as u32,
+        false,
+        true,
+        Bytes::new(),
+    );
+    let Bhs::ScsiCommand(c) = &cmd.bhs else {
+        unreachable!()
+    };
+    let itt = c.itt;
+    w.send(&cmd).await;
+    let mut r2ts = 0;
+    loop {
+        let p = w.recv().await.expect("R2T or response");
+        match &p.bhs {
+            Bhs::R2t(r) => {
+                assert_eq!(r.itt, itt);
+                assert_eq!(r.r2t_sn, r2ts, "R2TSN counts up from 0");
+                r2ts += 1;
+                let (off, len) = (r.buffer_offset as usize, r.desired_len as usize);
+                // Answer in 8 KiB Data-Out PDUs.
+                let mut sent = 0;
+                let mut data_sn = 0;
+                while sent < len {
+                    let n = (len - sent).min(8192);
+                    let d = Pdu::new(
+                        Bhs::DataOut(DataOut {
+                            final_: sent + n == len,
+                            lun: 0,
+                            itt,
+                            ttt: r.ttt,
+                            exp_stat_sn: w.exp_stat_sn,
+                            data_sn,
+                            buffer_offset: (off + sent) as u32,
+                        }),
+                        data.slice(off + sent..off + sent + n),
+                    );
+                    w.send(&d).await;
+                    sent += n;
+                    data_sn += 1;
+                }
+            }
+            Bhs::ScsiResponse(s) => {
+                assert_eq!(s.itt, itt);
+                assert!(r2ts > 0, "solicited data needed at least one R2T");
+                return s.status;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+async fn read(w: &mut Wire, lba: u32, len: usize) -> Bytes {
+    let cmd = w.scsi_command(
+        &read10(lba, (len / 512) as u16),
+        len as u32,
+        true,
+        false,
+        Bytes::new(),
+    );
+    w.send(&cmd).await;
+    let mut out = BytesMut::new();
+    let mut next_sn = 0;
+    loop {
+        let p = w.recv().await.expect("Data-In");
+        match &p.bhs {
+            Bhs::DataIn(d) => {
+                assert_eq!(d.data_sn, next_sn, "DataSN in order");
+                assert_eq!(d.buffer_offset as usize, out.len(), "offsets in order");
+                next_sn += 1;
+                out.extend_from_slice(&p.data);
+                if let Some(status) = d.status {
+                    assert_eq!(status, 0);
+                    assert!(d.final_);
+                    return out.freeze();
+                }
+            }
+            Bhs::ScsiResponse(s) => {
+                assert_eq!(s.status, 0);
+                return out.freeze();
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn solicited_write_then_read_back() {
+    let d = TestDaemon::start(None).await;
+    let mut w = Wire::connect(d.addr).await;
+    w.login(
+        TARGET,
+        &[
+            ("InitialR2T", "Yes"),
+            ("ImmediateData", "No"),
+            ("MaxBurstLength", "65536"),
+        ],
+    )
+    .await;
+    let data = pattern(1 << 20, 3);
+    assert_eq!(write_with_r2t(&mut w, 100, data.clone()).await, 0);
+    let back = read(&mut w, 100, 1 << 20).await;
+    assert!(back == data, "read back what was written");
+}
+
+#[tokio::test]
+async fn immediate_and_unsolicited_write() {
+    let d = TestDaemon::start(None).await;
+    let mut w = Wire::connect(d.addr).await;
+    w.login(TARGET, &[("FirstBurstLength", "65536")]).await;
+    let data = pattern(32 * 1024, 9);
+    // 8 KiB immediate, the rest as unsolicited Data-Out (InitialR2T=No).
+    let mut cmd = w.scsi_command(
+        &write10(8, 64),
+        data.len() as u32,
+        false,
+        true,
+        data.slice(..8192),
+    );
+    if let Bhs::ScsiCommand(c) = &mut cmd.bhs {
+        c.final_ = false;
+    }
+    let Bhs::ScsiCommand(c) = &cmd.bhs else {
+        unreachable!()
+    };
+    let itt = c.itt;
+    w.send(&cmd).await;
+    for (i, off) in (8192..data.len()).step_by(8192).enumerate() {
+        let d = Pdu::new(
+            Bhs::DataOut(DataOut {
+                final_: off + 8192 == data.len(),
+                lun: 0,
+                itt,
+                ttt: Ttt::RESERVED,
+                exp_stat_sn: w.exp_stat_sn,
+                data_sn: i as u32,
+                buffer_offset: off as u32,
+            }),
+            data.slice(off..off + 8192),
+        );
+        w.send(&d).await;
+    }
+    let r = w.recv().await.expect("status");
+    assert_eq!(scsi_status(&r).0, 0);
+    assert!(read(&mut w, 8, data.len()).await == data);
+}
+
+#[tokio::test]
+async fn send_targets_lists_the_default_target() {
+    let d = TestDaemon::start(None).await;
+    let mut w = Wire::connect(d.addr).await;
+    let r = w
+        .login_step(
+            LoginFlags {
+                transit: true,
+                cont: false,
+                csg: 1,
+                nsg: 3,
+            },
+            &[
+                ("InitiatorName", INITIATOR),
+                ("SessionType", "Discovery"),
+                ("MaxRecvDataSegmentLength", "8192"),
+            ],
+        )
+        .await;
+    assert_login_ok(&r);
+    let req = Pdu::new(
+        Bhs::TextRequest(TextRequest {
+            immediate: true,
+            final_: true,
+            cont: false,
+            lun: 0,
+            itt: Itt(5),
+            ttt: Ttt::RESERVED,
+            cmd_sn: w.cmd_sn,
+            exp_stat_sn: w.exp_stat_sn,
+        }),
+        text(&[("SendTargets", "All")]),
+    );
+    w.send(&req).await;
+    let r = w.recv().await.expect("text response");
+    let keys = parse_text(&r.data);
+    assert!(
+        keys.contains(&("TargetName".into(), TARGET.into())),
+        "{keys:?}"
+    );
+    let addr = format!("{},1", d.addr);
+    assert!(keys.contains(&("TargetAddress".into(), addr)), "{keys:?}");
+    // SCSI commands have no place in a discovery session.
+    let tur = w.scsi_command(&[0u8; 6], 0, false, false, Bytes::new());
+    w.send(&tur).await;
+    assert!(matches!(
+        w.recv().await.expect("answer").bhs,
+        Bhs::Reject(_)
+    ));
+}
+
+#[tokio::test]
+async fn same_isid_reinstates_the_session() {
+    let d = TestDaemon::start(None).await;
+    let mut old = Wire::connect(d.addr).await;
+    old.login(TARGET, &[]).await;
+    old.ping().await;
+    let mut new = Wire::connect(d.addr).await;
+    new.isid = old.isid;
+    new.login(TARGET, &[]).await;
+    new.ping().await;
+    assert!(old.recv().await.is_none(), "the old connection was closed");
+}
+
+#[tokio::test]
+async fn abort_task_for_unknown_task_and_lun_reset() {
+    let d = TestDaemon::start(None).await;
+    let mut w = Wire::connect(d.addr).await;
+    w.login(TARGET, &[]).await;
+    let tmf = |w: &mut Wire, function: TmfFunction, ref_itt: u32| {
+        let itt = w.next_itt();
+        Pdu::new(
+            Bhs::TaskMgmtRequest(TaskMgmtRequest {
+                immediate: true,
+                function,
+                lun: 0,
+                itt,
+                ref_itt: Itt(ref_itt),
+                cmd_sn: w.cmd_sn,
+                exp_stat_sn: w.exp_stat_sn,
+                ref_cmd_sn: w.cmd_sn.plus(5),
+                exp_data_sn: 0,
+            }),
+            Bytes::new(),
+        )
+    };
+    let p = tmf(&mut w, TmfFunction::ABORT_TASK, 0x7777);
+    w.send(&p).await;
+    match w.recv().await.expect("TMF response").bhs {
+        Bhs::TaskMgmtResponse(r) => assert_eq!(r.response, TmfResponseCode::NO_TASK),
+        other => panic!("{other:?}"),
+    }
+    let p = tmf(&mut w, TmfFunction::LOGICAL_UNIT_RESET, 0);
+    w.send(&p).await;
+    match w.recv().await.expect("TMF response").bhs {
+        Bhs::TaskMgmtResponse(r) => assert_eq!(r.response, TmfResponseCode::COMPLETE),
+        other => panic!("{other:?}"),
+    }
+    w.ping().await;
+}
+
+#[tokio::test]
+async fn logout_closes_the_session_cleanly() {
+    let d = TestDaemon::start(None).await;
+    let mut w = Wire::connect(d.addr).await;
+    w.login(TARGET, &[]).await;
+    let itt = w.next_itt();
+    let p = Pdu::new(
+        Bhs::LogoutRequest(LogoutRequest {
+            immediate: true,
+            reason: 0,
+            itt,
+            cid: 0,
+            cmd_sn: w.cmd_sn,
+            exp_stat_sn: w.exp_stat_sn,
+        }),
+        Bytes::new(),
+    );
+    w.send(&p).await;
+    match w.recv().await.expect("logout response").bhs {
+        Bhs::LogoutResponse(r) => {
+            assert_eq!(r.response, 0);
+            assert_eq!(r.itt, itt);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(w.recv().await.is_none());
+}
+
+#[tokio::test]
+async fn shutdown_asks_initiators_to_log_out() {
+    let d = TestDaemon::start(None).await;
+    let mut w = Wire::connect(d.addr).await;
+    w.login(TARGET, &[]).await;
+    w.ping().await;
+    let stopper = tokio::spawn(d.stop());
+    let p = w.recv().await.expect("async message");
+    match p.bhs {
+        Bhs::AsyncMessage(a) => assert_eq!(a.event, AsyncEvent::LOGOUT_REQUEST),
+        other => panic!("{other:?}"),
+    }
+    let itt = w.next_itt();
+    let logout = Pdu::new(
+        Bhs::LogoutRequest(LogoutRequest {
+            immediate: true,
+            reason: 0,
+            itt,
+            cid: 0,
+            cmd_sn: w.cmd_sn,
+            exp_stat_sn: w.exp_stat_sn,
+        }),
+        Bytes::new(),
+    );
+    w.send(&logout).await;
+    assert!(matches!(
+        w.recv().await.expect("logout response").bhs,
+        Bhs::LogoutResponse(_)
+    ));
+    stopper
+        .await
+        .expect("daemon stopped after the session logged out");
+}
