@@ -459,8 +459,15 @@ impl FullFeature {
             return;
         };
         if let Err(e) = c.task.on_data_out(d, payload) {
-            tracing::warn!(itt = d.itt.0, error = %e, "bad Data-Out");
-            self.reject(RejectReason::PROTOCOL_ERROR, header).await;
+            // The command cannot complete as sent: terminate it with CHECK
+            // CONDITION, ABORTED COMMAND / DATA PHASE ERROR (SPC-4 4.5.6).
+            // Further Data-Out for it finds no task and is rejected.
+            tracing::warn!(itt = d.itt.0, error = %e, "bad Data-Out: task terminated");
+            if let Some(c) = self.writes.remove(&d.itt) {
+                self.finish_counted(c.counted);
+            }
+            let resp = scsi::ScsiResponse::check_condition(scsi::sense::DATA_PHASE_ERROR);
+            self.respond(d.itt, resp).await;
             return;
         }
         if c.task.is_complete() {

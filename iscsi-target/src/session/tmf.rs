@@ -21,10 +21,13 @@ pub(super) fn apply(ffp: &mut FullFeature, t: &TaskMgmtRequest) -> (TmfResponseC
             if found > 0 {
                 return (TmfResponseCode::COMPLETE, false);
             }
-            // RFC 7143 §11.5.1: a task we do not hold is complete when its
-            // RefCmdSN was already received, and "does not exist" otherwise.
+            // RFC 7143 §11.5.1: a task we do not hold counts as complete only
+            // when its RefCmdSN is inside the window (not yet received) and
+            // before the TMF itself; a task that already finished, or was
+            // never sent, "does not exist".
             let w = ffp.window();
-            if t.ref_cmd_sn.lt(w.exp_cmd_sn()) && t.ref_cmd_sn.lt(t.cmd_sn.next()) {
+            let not_yet_received = t.ref_cmd_sn.in_window(w.exp_cmd_sn(), w.max_cmd_sn());
+            if not_yet_received && t.ref_cmd_sn.lt(t.cmd_sn) {
                 (TmfResponseCode::COMPLETE, false)
             } else {
                 (TmfResponseCode::NO_TASK, false)

@@ -42,6 +42,15 @@ pub enum DataOutError {
     /// A TTT that names no outstanding R2T, or data outside its range.
     #[error("Data-Out with TTT {0:#x} answers no outstanding R2T")]
     UnknownTtt(u32),
+    /// DataSN out of sequence (RFC 7143 §11.7.5: DataSN counts from 0 in
+    /// each unsolicited sequence and in each R2T's sequence).
+    #[error("Data-Out DataSN {got}, expected {expected}")]
+    DataSn {
+        /// The DataSN the sequence is at.
+        expected: u32,
+        /// The DataSN received.
+        got: u32,
+    },
 }
 
 /// One R2T the connection must send.
@@ -63,6 +72,7 @@ struct Outstanding {
     offset: u32,
     len: u32,
     received: u32,
+    next_data_sn: u32,
 }
 
 /// The Data-Out collection state of one write command.
@@ -72,6 +82,7 @@ pub struct WriteTask {
     buf: Buffer,
     received: u32,
     unsolicited_limit: u32,
+    unsolicited_data_sn: u32,
     next_r2t_offset: u32,
     r2t_sn: u32,
     outstanding: Vec<Outstanding>,
@@ -109,6 +120,7 @@ impl WriteTask {
             buf,
             received: imm_len,
             unsolicited_limit: unsolicited_limit.max(imm_len),
+            unsolicited_data_sn: 0,
             next_r2t_offset: unsolicited_limit.max(imm_len),
             r2t_sn: 0,
             outstanding: Vec::new(),
@@ -138,6 +150,7 @@ impl WriteTask {
                     limit: self.unsolicited_limit,
                 });
             }
+            check_data_sn(&mut self.unsolicited_data_sn, d.data_sn)?;
         } else {
             let idx = self
                 .outstanding
@@ -148,6 +161,7 @@ impl WriteTask {
             if d.buffer_offset < o.offset || end > o.offset + o.len {
                 return Err(DataOutError::UnknownTtt(d.ttt.0));
             }
+            check_data_sn(&mut o.next_data_sn, d.data_sn)?;
             o.received += len;
             if o.received >= o.len || d.final_ {
                 self.outstanding.swap_remove(idx);
@@ -186,6 +200,7 @@ impl WriteTask {
                 offset: r.offset,
                 len,
                 received: 0,
+                next_data_sn: 0,
             });
             out.push(r);
         }
@@ -199,6 +214,17 @@ impl WriteTask {
             Buffer::Assembling(b) => b.freeze(),
         }
     }
+}
+
+fn check_data_sn(next: &mut u32, got: u32) -> Result<(), DataOutError> {
+    if got != *next {
+        return Err(DataOutError::DataSn {
+            expected: *next,
+            got,
+        });
+    }
+    *next = next.wrapping_add(1);
+    Ok(())
 }
 
 #[cfg(test)]
@@ -217,13 +243,17 @@ mod tests {
     }
 
     fn data_out(ttt: Ttt, offset: u32, final_: bool) -> DataOut {
+        data_out_sn(ttt, offset, final_, 0)
+    }
+
+    fn data_out_sn(ttt: Ttt, offset: u32, final_: bool, data_sn: u32) -> DataOut {
         DataOut {
             final_,
             lun: 0,
             itt: Itt(1),
             ttt,
             exp_stat_sn: SeqNum(0),
-            data_sn: 0,
+            data_sn,
             buffer_offset: offset,
         }
     }
@@ -246,7 +276,7 @@ mod tests {
             .unwrap();
         // Unsolicited data may not pass FirstBurstLength (8).
         assert!(matches!(
-            t.on_data_out(&data_out(Ttt::RESERVED, 8, true), b"89"),
+            t.on_data_out(&data_out_sn(Ttt::RESERVED, 8, true, 1), b"89"),
             Err(DataOutError::UnsolicitedNotAllowed { .. })
         ));
         let mut next = 100;
@@ -267,6 +297,24 @@ mod tests {
         let data = t.into_data();
         assert_eq!(&data[..8], b"01234567");
         assert_eq!(&data[24..], &[b'y'; 16]);
+    }
+
+    #[test]
+    fn data_sn_must_count_up_per_sequence() {
+        let p = params(true);
+        let mut t = WriteTask::new(32, Bytes::new(), true, &p);
+        let r2t = t.next_r2ts(&p, || Ttt(5))[0];
+        t.on_data_out(&data_out_sn(r2t.ttt, 0, false, 0), &[1; 8])
+            .unwrap();
+        assert_eq!(
+            t.on_data_out(&data_out_sn(r2t.ttt, 8, false, 0), &[1; 8]),
+            Err(DataOutError::DataSn {
+                expected: 1,
+                got: 0
+            })
+        );
+        t.on_data_out(&data_out_sn(r2t.ttt, 8, true, 1), &[1; 8])
+            .unwrap();
     }
 
     #[test]
