@@ -754,7 +754,7 @@ pub fn data_out_len(info: &OpInfo, cdb: &[u8], block_size: u32) -> u64 {
 }
 
 fn one_command_descriptor(o: &OpInfo, rctd: bool) -> Vec<u8> {
-    let mut d = vec![0u8; 4];
+    let mut d = vec![0u8; 2];
     d[1] = 0x03; // SUPPORT: supported according to the standard
     if rctd {
         d[1] |= 0x80; // CTDP
