@@ -259,3 +259,29 @@ async fn sync_cache_prefetch_start_stop() {
     good(&exec(&t, &n, &[0x1b, 0, 0, 0, 0, 0], 0, &[]).await);
     good(&exec(&t, &n, &[0x1b, 0, 0, 0, 1, 0], 0, &[]).await);
 }
+
+#[tokio::test]
+async fn caw_data_out_must_match_and_write_atomic_works() {
+    let t = target();
+    let n = nexus(1);
+    let mut cdb = [0u8; 16];
+    cdb[0] = 0x89;
+    cdb[13] = 1;
+    // 4 blocks of Data-Out for NLB 1 (too much) and for NLB 3 (too little).
+    check(&exec(&t, &n, &cdb, 2048, &[0; 2048]).await, 5, 0x0e, 0x03);
+    cdb[13] = 3;
+    check(&exec(&t, &n, &cdb, 2048, &[0; 2048]).await, 5, 0x0e, 0x03);
+    // WRITE ATOMIC(16): LBA in bytes 2..10, length in 12..14.
+    let mut wa = [0u8; 16];
+    wa[0] = 0x9c;
+    wa[2..10].copy_from_slice(&9u64.to_be_bytes());
+    wa[12..14].copy_from_slice(&2u16.to_be_bytes());
+    let d = pattern(11, 1024);
+    good(&exec(&t, &n, &wa, 1024, &d).await);
+    assert_eq!(&read_blocks(&t, &n, 9, 2).await[..], &d[..]);
+    wa[2..10].copy_from_slice(&(BLOCKS - 1).to_be_bytes());
+    check(&exec(&t, &n, &wa, 1024, &d).await, 5, 0x21, 0);
+    // VPD B0 advertises it.
+    let r = exec(&t, &n, &[0x12, 1, 0xb0, 0, 255, 0], 255, &[]).await;
+    assert!(u32::from_be_bytes(r.data_in[44..48].try_into().unwrap()) > 0);
+}

@@ -64,11 +64,32 @@ async fn write_same_pattern_and_unmap() {
     assert!(read_blocks(&t, &n, 40, 2).await.iter().all(|&b| b == 0));
     // Zero blocks (WSNZ), too many blocks, ANCHOR, beyond the end.
     check(&exec(&t, &n, &ws16(0, 0, 0), 512, &block).await, 5, 0x24, 0);
+    // Above MAXIMUM WRITE SAME LENGTH (on a LU big enough for it).
+    let big = iscsi_target::scsi::ScsiTarget::new("big");
+    let lu = iscsi_target::scsi::LogicalUnit::new(
+        iscsi_target::scsi::LunConfig::new("BIG"),
+        std::sync::Arc::new(iscsi_target::storage::MemoryBackend::new(1 << 30)),
+    )
+    .unwrap();
+    big.add_lun(0, std::sync::Arc::new(lu));
     check(
-        &exec(&t, &n, &ws16(0, 1 << 20, 0), 512, &block).await,
+        &exec(&big, &n, &ws16(0, (1 << 16) + 1, 0), 512, &block).await,
         5,
         0x24,
         0,
+    );
+    // Data-Out must be exactly one block.
+    check(
+        &exec(&t, &n, &ws16(0, 1, 0), 1024, &[0; 1024]).await,
+        5,
+        0x0e,
+        0x03,
+    );
+    check(
+        &exec(&t, &n, &ws16(0, 1, 0), 256, &[0; 256]).await,
+        5,
+        0x0e,
+        0x03,
     );
     check(
         &exec(&t, &n, &ws16(0, 1, 0x10), 512, &block).await,

@@ -147,6 +147,10 @@ fn block_limits(lu: &LogicalUnit) -> Vec<u8> {
         v[24..28].copy_from_slice(&u32::from(gran).to_be_bytes());
     }
     v[32..40].copy_from_slice(&MAX_WRITE_SAME_BLOCKS.to_be_bytes());
+    // WRITE ATOMIC(16): MAXIMUM ATOMIC TRANSFER LENGTH, alignment 1, granularity 1.
+    v[40..44].copy_from_slice(&max_xfer.to_be_bytes());
+    v[44..48].copy_from_slice(&1u32.to_be_bytes());
+    v[48..52].copy_from_slice(&1u32.to_be_bytes());
     v
 }
 
@@ -171,6 +175,9 @@ pub(crate) fn read_capacity16(lu: &LogicalUnit, cdb: &[u8]) -> CmdResult {
     let mut d = [0u8; 32];
     d[0..8].copy_from_slice(&(lu.blocks - 1).to_be_bytes());
     d[8..12].copy_from_slice(&lu.block_size.to_be_bytes());
+    // LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT: 4 KiB physical blocks,
+    // the granularity at which holes can really be punched.
+    d[13] = (4096 / lu.block_size).trailing_zeros() as u8;
     if lu.cfg.thin {
         d[14] = 0x80 | 0x40; // LBPME, LBPRZ
     }

@@ -20,7 +20,7 @@ pub(crate) const MAX_TRANSFER_BYTES: u64 = 8 << 20;
 /// Largest WRITE SAME, in logical blocks (VPD B0).
 pub(crate) const MAX_WRITE_SAME_BLOCKS: u64 = 1 << 16;
 /// Largest UNMAP LBA count (VPD B0).
-pub(crate) const MAX_UNMAP_BLOCKS: u64 = 1 << 22;
+pub(crate) const MAX_UNMAP_BLOCKS: u64 = 1 << 20;
 /// Largest number of UNMAP block descriptors (VPD B0).
 pub(crate) const MAX_UNMAP_DESCRIPTORS: u32 = 256;
 /// Largest COMPARE AND WRITE length, in logical blocks (VPD B0).

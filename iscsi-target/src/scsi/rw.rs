@@ -14,6 +14,9 @@ use super::sense::{self, Sense};
 
 /// LBA and transfer length of a 6/10/12/16-byte block command.
 pub(crate) fn lba_len(cdb: &[u8]) -> (u64, u64) {
+    if cdb.first() == Some(&WRITE_ATOMIC_16) {
+        return (be64(cdb, 2), u64::from(be16(cdb, 12)));
+    }
     match cdb.first().copied().unwrap_or(0) >> 5 {
         0 => {
             let lba = u64::from(be24(cdb, 1) & 0x1f_ffff);
@@ -35,6 +38,7 @@ fn xfer_bytes(lu: &LogicalUnit, cdb: &[u8], n: u64) -> Result<usize, Sense> {
             0 => 4,
             1 | 2 => 7,
             5 => 6,
+            _ if cdb.first() == Some(&WRITE_ATOMIC_16) => 12,
             _ => 10,
         };
         return Err(Sense::invalid_cdb_field(off, None));
@@ -76,6 +80,7 @@ pub(crate) async fn read_write(lu: &LogicalUnit, ctx: &Ctx<'_>) -> CmdResult {
         if len == 0 {
             return Ok(Bytes::new());
         }
+        let _g = lu.io_lock.read().await;
         return lu.backend.read(off, len).await.map_err(read_error);
     }
     let data = data_out(ctx, len)?;
@@ -84,6 +89,15 @@ pub(crate) async fn read_write(lu: &LogicalUnit, ctx: &Ctx<'_>) -> CmdResult {
     }
     let verify = matches!(op, WRITE_VERIFY_10 | WRITE_VERIFY_12 | WRITE_VERIFY_16);
     let fua = verify || (op != WRITE_6 && u8_at(cdb, 1) & 0x08 != 0) || !lu.write_cache_enabled();
+    // WRITE ATOMIC excludes every other access for its duration (SBC-4 4.29).
+    if op == WRITE_ATOMIC_16 {
+        let _g = lu.io_lock.write().await;
+        lu.backend
+            .write(off, data, fua)
+            .await
+            .map_err(write_error)?;
+        return Ok(Bytes::new());
+    }
     let _g = lu.io_lock.read().await;
     lu.backend
         .write(off, data, fua)

@@ -92,7 +92,10 @@ impl ScsiTarget {
         let spdtl = opcodes::data_out_len(info, &req.cdb, bs);
         // Data-Out beyond the expected length: the initiator cannot send it
         // (FCP-4 / RFC 7143: option b, no data transferred).
-        if spdtl > u64::from(req.expected_len) {
+        // COMPARE AND WRITE and WRITE SAME need exactly their Data-Out
+        // (SBC-3 5.2, 5.44): any other expected length is refused.
+        let exact = matches!(info.xfer, Xfer::Caw | Xfer::WriteSame) && spdtl > 0;
+        if spdtl > u64::from(req.expected_len) || (exact && spdtl != u64::from(req.expected_len)) {
             let r = Fail::Check(sense::INVALID_FIELD_IN_IU);
             return failed(&req, r, spdtl);
         }
