@@ -9,7 +9,7 @@ use super::cdb::{be16, be24, be32, be64, u8_at};
 use super::lu::{
     read_error, write_error, CmdResult, Ctx, LogicalUnit, MAX_CAW_BLOCKS, MAX_TRANSFER_BYTES,
 };
-use super::opcodes::code::*;
+use super::opcodes::{code::*, Xfer};
 use super::sense::{self, Sense};
 
 /// LBA and transfer length of a 6/10/12/16-byte block command.
@@ -60,16 +60,8 @@ pub(crate) async fn read_write(lu: &LogicalUnit, ctx: &Ctx<'_>) -> CmdResult {
     let cdb = ctx.cdb();
     let op = ctx.info.opcode;
     let (lba, n) = lba_len(cdb);
-    let is_write = matches!(
-        op,
-        WRITE_6
-            | WRITE_10
-            | WRITE_12
-            | WRITE_16
-            | WRITE_VERIFY_10
-            | WRITE_VERIFY_12
-            | WRITE_VERIFY_16
-    );
+    // Every command routed here that is not Data-In is a write.
+    let is_write = ctx.info.xfer != Xfer::In;
     if is_write {
         lu.check_writable()?;
     }
