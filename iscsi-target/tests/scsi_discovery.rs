@@ -310,3 +310,23 @@ async fn unit_attentions_after_resets() {
     good(&exec(&t, &a, &read10(0, 1), 512, &[]).await);
     good(&exec(&t, &b, &read10(0, 1), 512, &[]).await);
 }
+
+#[tokio::test]
+async fn read_defect_data_is_empty() {
+    let t = target();
+    let n = nexus(1);
+    let r = exec(&t, &n, &[0x37, 0, 0x18, 0, 0, 0, 0, 0, 32, 0], 32, &[]).await;
+    good(&r);
+    assert_eq!(&r.data_in[..], &[0, 0x18, 0, 0]);
+    let r = exec(
+        &t,
+        &n,
+        &[0xb7, 0x0d, 0, 0, 0, 0, 0, 0, 0, 32, 0, 0],
+        32,
+        &[],
+    )
+    .await;
+    good(&r);
+    assert_eq!(r.data_in.len(), 8);
+    assert_eq!(r.data_in[1], 0x0d);
+}

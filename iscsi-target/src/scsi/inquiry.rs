@@ -205,3 +205,19 @@ pub(crate) fn report_target_port_groups(lu: &LogicalUnit, ctx: &Ctx<'_>) -> CmdR
     out.extend_from_slice(&desc);
     Ok(truncate(out.into(), alloc))
 }
+
+/// READ DEFECT DATA(10)/(12) (SBC-3 5.12/5.13): an empty defect list in
+/// the requested format, PLISTV/GLISTV echoing the request.
+pub(crate) fn read_defect_data(cdb: &[u8]) -> CmdResult {
+    if u8_at(cdb, 0) == super::opcodes::code::READ_DEFECT_DATA_10 {
+        let flags = u8_at(cdb, 2) & 0x1f;
+        let alloc = u32::from(be16(cdb, 7));
+        return Ok(truncate(Bytes::copy_from_slice(&[0, flags, 0, 0]), alloc));
+    }
+    let flags = u8_at(cdb, 1) & 0x1f;
+    let alloc = be32(cdb, 6);
+    Ok(truncate(
+        Bytes::copy_from_slice(&[0, flags, 0, 0, 0, 0, 0, 0]),
+        alloc,
+    ))
+}

@@ -344,13 +344,21 @@ impl LogicalUnit {
                 )),
             },
             MODE_SENSE_6 | MODE_SENSE_10 => mode::mode_sense(self, ctx.cdb()),
-            MODE_SELECT_6 | MODE_SELECT_10 => mode::mode_select(self, ctx),
+            MODE_SELECT_6 | MODE_SELECT_10 => {
+                let wce_cleared = mode::mode_select(self, ctx)?;
+                if wce_cleared {
+                    // Writes acknowledged under WCE=1 become durable now (SBC-3 4.15).
+                    self.backend.flush().await.map_err(write_error)?;
+                }
+                Ok(Bytes::new())
+            }
             RESERVE_6 | RESERVE_10 | RELEASE_6 | RELEASE_10 => pr::legacy(self, ctx),
             PERSISTENT_RESERVE_IN => pr::pr_in(self, ctx),
             PERSISTENT_RESERVE_OUT => pr::pr_out(self, ctx),
             START_STOP_UNIT => rw::start_stop(self, ctx).await,
             SYNCHRONIZE_CACHE_10 | SYNCHRONIZE_CACHE_16 => rw::synchronize_cache(self, ctx).await,
             PRE_FETCH_10 | PRE_FETCH_16 => rw::pre_fetch(self, ctx),
+            READ_DEFECT_DATA_10 | READ_DEFECT_DATA_12 => inquiry::read_defect_data(ctx.cdb()),
             WRITE_SAME_10 | WRITE_SAME_16 => thin::write_same(self, ctx).await,
             UNMAP => thin::unmap(self, ctx).await,
             COMPARE_AND_WRITE => rw::compare_and_write(self, ctx).await,
