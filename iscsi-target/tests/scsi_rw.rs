@@ -285,3 +285,102 @@ async fn caw_data_out_must_match_and_write_atomic_works() {
     let r = exec(&t, &n, &[0x12, 1, 0xb0, 0, 255, 0], 255, &[]).await;
     assert!(u32::from_be_bytes(r.data_in[44..48].try_into().unwrap()) > 0);
 }
+
+fn xcopy_params(naa: &[u8], segs: &[(u16, u16, u16, u64, u64)]) -> Vec<u8> {
+    let mut p = vec![0u8; 16];
+    p[0] = 1;
+    p[2..4].copy_from_slice(&32u16.to_be_bytes());
+    p[8..12].copy_from_slice(&((segs.len() * 28) as u32).to_be_bytes());
+    let mut t = vec![0u8; 32];
+    t[0] = 0xe4;
+    t[4] = 0x01; // binary
+    t[5] = 0x03; // NAA
+    t[7] = naa.len() as u8;
+    t[8..8 + naa.len()].copy_from_slice(naa);
+    t[29..32].copy_from_slice(&[0, 2, 0]);
+    p.extend_from_slice(&t);
+    for &(src, dst, n, sl, dl) in segs {
+        let mut s = vec![0u8; 28];
+        s[0] = 0x02;
+        s[2..4].copy_from_slice(&0x18u16.to_be_bytes());
+        s[4..6].copy_from_slice(&src.to_be_bytes());
+        s[6..8].copy_from_slice(&dst.to_be_bytes());
+        s[10..12].copy_from_slice(&n.to_be_bytes());
+        s[12..20].copy_from_slice(&sl.to_be_bytes());
+        s[20..28].copy_from_slice(&dl.to_be_bytes());
+        p.extend_from_slice(&s);
+    }
+    p
+}
+
+fn xcopy_cdb(len: usize) -> [u8; 16] {
+    let mut c = [0u8; 16];
+    c[0] = 0x83;
+    c[10..14].copy_from_slice(&(len as u32).to_be_bytes());
+    c
+}
+
+#[tokio::test]
+async fn extended_copy_block_to_block() {
+    let t = target();
+    let n = nexus(1);
+    // NAA designator from VPD 0x83 (first designator, 16 bytes).
+    let r = exec(&t, &n, &[0x12, 1, 0x83, 0, 255, 0], 255, &[]).await;
+    let naa = r.data_in[8..24].to_vec();
+    let src = pattern(21, 8 * 512);
+    write_blocks(&t, &n, 0, &src).await;
+    let p = xcopy_params(&naa, &[(0, 0, 8, 0, 100)]);
+    good(&exec(&t, &n, &xcopy_cdb(p.len()), p.len() as u32, &p).await);
+    assert_eq!(&read_blocks(&t, &n, 100, 8).await[..], &src[..]);
+    // Truncated parameter list, bad index, beyond capacity, unknown designator.
+    check(
+        &exec(&t, &n, &xcopy_cdb(40), 40, &p[..40]).await,
+        5,
+        0x1a,
+        0,
+    );
+    let p = xcopy_params(&naa, &[(0, 1, 8, 0, 100)]);
+    check(
+        &exec(&t, &n, &xcopy_cdb(p.len()), p.len() as u32, &p).await,
+        0x0a,
+        0x08,
+        0x04,
+    );
+    let p = xcopy_params(&naa, &[(0, 0, 8, 0, BLOCKS - 1)]);
+    check(
+        &exec(&t, &n, &xcopy_cdb(p.len()), p.len() as u32, &p).await,
+        0x0a,
+        0x0d,
+        0x02,
+    );
+    let p = xcopy_params(&[0x60; 16], &[(0, 0, 8, 0, 100)]);
+    check(
+        &exec(&t, &n, &xcopy_cdb(p.len()), p.len() as u32, &p).await,
+        0x0a,
+        0x08,
+        0x04,
+    );
+    // Too many segment descriptors.
+    let p = xcopy_params(&naa, &[(0, 0, 1, 0, 100); 9]);
+    check(
+        &exec(&t, &n, &xcopy_cdb(p.len()), p.len() as u32, &p).await,
+        5,
+        0x26,
+        0x08,
+    );
+    // Empty parameter list is a no-op.
+    good(&exec(&t, &n, &xcopy_cdb(0), 0, &[]).await);
+    // Operating parameters list the implemented descriptor types.
+    let mut c = [0u8; 16];
+    c[0] = 0x84;
+    c[1] = 0x03;
+    c[13] = 255;
+    let r = exec(&t, &n, &c, 255, &[]).await;
+    good(&r);
+    let d = &r.data_in;
+    assert_eq!(
+        u32::from_be_bytes(d[0..4].try_into().unwrap()) as usize + 4,
+        d.len()
+    );
+    assert_eq!(&d[44..], &[0x02, 0x0a, 0xe4]);
+}

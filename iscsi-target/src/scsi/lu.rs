@@ -181,6 +181,8 @@ pub(crate) struct Ctx<'a> {
     pub req: &'a ScsiRequest,
     pub info: &'static OpInfo,
     pub target_name: &'a str,
+    /// The target, for commands that address other LUs (EXTENDED COPY).
+    pub target: &'a super::ScsiTarget,
 }
 
 impl Ctx<'_> {
@@ -362,6 +364,8 @@ impl LogicalUnit {
             WRITE_SAME_10 | WRITE_SAME_16 => thin::write_same(self, ctx).await,
             UNMAP => thin::unmap(self, ctx).await,
             COMPARE_AND_WRITE => rw::compare_and_write(self, ctx).await,
+            EXTENDED_COPY => super::xcopy::extended_copy(ctx).await,
+            RECEIVE_COPY_RESULTS => super::xcopy::receive_copy_results(ctx.cdb()),
             ORWRITE_16 => rw::orwrite(self, ctx).await,
             VERIFY_10 | VERIFY_12 | VERIFY_16 => rw::verify(self, ctx).await,
             _ => rw::read_write(self, ctx).await,

@@ -104,6 +104,7 @@ impl ScsiTarget {
             req: &req,
             info,
             target_name: &self.name,
+            target: self,
         };
         let result = match (&lu, info.opcode) {
             (_, REPORT_LUNS) => self.report_luns(&req.cdb),
@@ -182,7 +183,7 @@ impl ScsiTarget {
         }
     }
 
-    fn all(&self) -> Vec<Arc<LogicalUnit>> {
+    pub(crate) fn all(&self) -> Vec<Arc<LogicalUnit>> {
         self.luns
             .read()
             .unwrap_or_else(|p| p.into_inner())
