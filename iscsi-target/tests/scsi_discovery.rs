@@ -295,6 +295,13 @@ async fn unit_attentions_after_resets() {
     good(&exec(&t, &b, &[0, 0, 0, 0, 0, 0], 0, &[]).await);
     assert!(t.lun_reset(0, &a));
     assert!(!t.lun_reset(9, &a));
+    // Every nexus, the requester included, sees the reset once.
+    check(
+        &exec(&t, &a, &[0, 0, 0, 0, 0, 0], 0, &[]).await,
+        6,
+        0x29,
+        0x03,
+    );
     good(&exec(&t, &a, &[0, 0, 0, 0, 0, 0], 0, &[]).await);
     // INQUIRY does not consume the UA; REQUEST SENSE does and reports it.
     good(&exec(&t, &b, &[0x12, 0, 0, 0, 36, 0], 36, &[]).await);
@@ -308,6 +315,7 @@ async fn unit_attentions_after_resets() {
     t.target_reset(&b, false);
     check(&exec(&t, &a, &read10(0, 1), 512, &[]).await, 6, 0x29, 0x00);
     good(&exec(&t, &a, &read10(0, 1), 512, &[]).await);
+    check(&exec(&t, &b, &read10(0, 1), 512, &[]).await, 6, 0x29, 0x00);
     good(&exec(&t, &b, &read10(0, 1), 512, &[]).await);
 }
 

@@ -248,6 +248,12 @@ async fn reserve6_release6_and_nexus_loss() {
     good(&exec(&t, &b, &[0x56, 0, 0, 0, 0, 0, 0, 0, 0, 0], 0, &[]).await);
     conflict(&exec(&t, &a, &write10(0, 1, false), 512, &[0; 512]).await);
     assert!(t.lun_reset(0, &a));
+    check(
+        &exec(&t, &a, &[0, 0, 0, 0, 0, 0], 0, &[]).await,
+        6,
+        0x29,
+        0x03,
+    );
     good(&exec(&t, &a, &write10(0, 1, false), 512, &[0; 512]).await);
     // PR registrations make RESERVE(6) conflict.
     good(&prout(&t, &a, REGISTER, 0, 0, 0xa).await);
