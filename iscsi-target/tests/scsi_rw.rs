@@ -384,3 +384,80 @@ async fn extended_copy_block_to_block() {
     );
     assert_eq!(&d[44..], &[0x02, 0x0a, 0xe4]);
 }
+
+/// A backend whose reads fail with EIO and whose writes fail with ENOSPC.
+struct Failing;
+
+#[async_trait::async_trait]
+impl iscsi_target::storage::BlockBackend for Failing {
+    fn size(&self) -> u64 {
+        BLOCKS * 512
+    }
+    fn engine_name(&self) -> &'static str {
+        "failing"
+    }
+    async fn read(
+        &self,
+        _: u64,
+        _: usize,
+    ) -> Result<bytes::Bytes, iscsi_target::storage::StorageError> {
+        Err(iscsi_target::storage::StorageError::from_io(
+            "read",
+            std::io::Error::from_raw_os_error(libc::EIO),
+        ))
+    }
+    async fn write(
+        &self,
+        _: u64,
+        _: bytes::Bytes,
+        _: bool,
+    ) -> Result<(), iscsi_target::storage::StorageError> {
+        Err(iscsi_target::storage::StorageError::from_io(
+            "write",
+            std::io::Error::from_raw_os_error(libc::ENOSPC),
+        ))
+    }
+    async fn flush(&self) -> Result<(), iscsi_target::storage::StorageError> {
+        Err(iscsi_target::storage::StorageError::from_io(
+            "flush",
+            std::io::Error::from_raw_os_error(libc::EIO),
+        ))
+    }
+    async fn discard(&self, _: u64, _: u64) -> Result<(), iscsi_target::storage::StorageError> {
+        Ok(())
+    }
+    async fn write_zeroes(
+        &self,
+        _: u64,
+        _: u64,
+        _: bool,
+    ) -> Result<(), iscsi_target::storage::StorageError> {
+        Ok(())
+    }
+    async fn allocation(&self, _: u64) -> Result<(bool, u64), iscsi_target::storage::StorageError> {
+        Ok((true, 512))
+    }
+}
+
+#[tokio::test]
+async fn storage_errors_map_to_sense() {
+    let t = iscsi_target::scsi::ScsiTarget::new("t");
+    let lu =
+        iscsi_target::scsi::LogicalUnit::new(LunConfig::new("F"), std::sync::Arc::new(Failing))
+            .unwrap();
+    t.add_lun(0, std::sync::Arc::new(lu));
+    let n = nexus(1);
+    check(&exec(&t, &n, &read10(0, 1), 512, &[]).await, 3, 0x11, 0);
+    check(
+        &exec(&t, &n, &write10(0, 1, false), 512, &[0; 512]).await,
+        7,
+        0x27,
+        0x07,
+    );
+    check(
+        &exec(&t, &n, &[0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0], 0, &[]).await,
+        3,
+        0x0c,
+        0,
+    );
+}

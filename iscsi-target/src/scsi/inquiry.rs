@@ -175,9 +175,9 @@ pub(crate) fn read_capacity16(lu: &LogicalUnit, cdb: &[u8]) -> CmdResult {
     let mut d = [0u8; 32];
     d[0..8].copy_from_slice(&(lu.blocks - 1).to_be_bytes());
     d[8..12].copy_from_slice(&lu.block_size.to_be_bytes());
-    // LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT: 4 KiB physical blocks,
-    // the granularity at which holes can really be punched.
-    d[13] = (4096 / lu.block_size).trailing_zeros() as u8;
+    // LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT stays 0: the 4 KiB hole
+    // granularity is advertised as OPTIMAL UNMAP GRANULARITY (VPD B0)
+    // instead, and GET LBA STATUS reports exactly the requested LBA.
     if lu.cfg.thin {
         d[14] = 0x80 | 0x40; // LBPME, LBPRZ
     }
