@@ -85,7 +85,7 @@ fn standard(lu: &LogicalUnit) -> Bytes {
     d[2] = 0x06; // SPC-4
     d[3] = 0x12; // HISUP, response data format 2
     d[4] = (d.len() - 5) as u8;
-    d[5] = 0x10; // TPGS = 01b: implicit ALUA
+    d[5] = 0x10 | 0x08; // TPGS = 01b: implicit ALUA; 3PC: EXTENDED COPY
     d[7] = 0x02; // CMDQUE
     d[8..16].copy_from_slice(&pad(&lu.cfg.vendor, 8));
     d[16..32].copy_from_slice(&pad(&lu.cfg.product, 16));
@@ -147,6 +147,10 @@ fn block_limits(lu: &LogicalUnit) -> Vec<u8> {
         v[24..28].copy_from_slice(&u32::from(gran).to_be_bytes());
     }
     v[32..40].copy_from_slice(&MAX_WRITE_SAME_BLOCKS.to_be_bytes());
+    // WRITE ATOMIC(16): MAXIMUM ATOMIC TRANSFER LENGTH, alignment 1, granularity 1.
+    v[40..44].copy_from_slice(&max_xfer.to_be_bytes());
+    v[44..48].copy_from_slice(&1u32.to_be_bytes());
+    v[48..52].copy_from_slice(&1u32.to_be_bytes());
     v
 }
 
@@ -171,6 +175,9 @@ pub(crate) fn read_capacity16(lu: &LogicalUnit, cdb: &[u8]) -> CmdResult {
     let mut d = [0u8; 32];
     d[0..8].copy_from_slice(&(lu.blocks - 1).to_be_bytes());
     d[8..12].copy_from_slice(&lu.block_size.to_be_bytes());
+    // LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT stays 0: the 4 KiB hole
+    // granularity is advertised as OPTIMAL UNMAP GRANULARITY (VPD B0)
+    // instead, and GET LBA STATUS reports exactly the requested LBA.
     if lu.cfg.thin {
         d[14] = 0x80 | 0x40; // LBPME, LBPRZ
     }
@@ -197,4 +204,20 @@ pub(crate) fn report_target_port_groups(lu: &LogicalUnit, ctx: &Ctx<'_>) -> CmdR
     }
     out.extend_from_slice(&desc);
     Ok(truncate(out.into(), alloc))
+}
+
+/// READ DEFECT DATA(10)/(12) (SBC-3 5.12/5.13): an empty defect list in
+/// the requested format, PLISTV/GLISTV echoing the request.
+pub(crate) fn read_defect_data(cdb: &[u8]) -> CmdResult {
+    if u8_at(cdb, 0) == super::opcodes::code::READ_DEFECT_DATA_10 {
+        let flags = u8_at(cdb, 2) & 0x1f;
+        let alloc = u32::from(be16(cdb, 7));
+        return Ok(truncate(Bytes::copy_from_slice(&[0, flags, 0, 0]), alloc));
+    }
+    let flags = u8_at(cdb, 1) & 0x1f;
+    let alloc = be32(cdb, 6);
+    Ok(truncate(
+        Bytes::copy_from_slice(&[0, flags, 0, 0, 0, 0, 0, 0]),
+        alloc,
+    ))
 }

@@ -20,7 +20,7 @@ pub(crate) const MAX_TRANSFER_BYTES: u64 = 8 << 20;
 /// Largest WRITE SAME, in logical blocks (VPD B0).
 pub(crate) const MAX_WRITE_SAME_BLOCKS: u64 = 1 << 16;
 /// Largest UNMAP LBA count (VPD B0).
-pub(crate) const MAX_UNMAP_BLOCKS: u64 = 1 << 22;
+pub(crate) const MAX_UNMAP_BLOCKS: u64 = 1 << 20;
 /// Largest number of UNMAP block descriptors (VPD B0).
 pub(crate) const MAX_UNMAP_DESCRIPTORS: u32 = 256;
 /// Largest COMPARE AND WRITE length, in logical blocks (VPD B0).
@@ -181,6 +181,8 @@ pub(crate) struct Ctx<'a> {
     pub req: &'a ScsiRequest,
     pub info: &'static OpInfo,
     pub target_name: &'a str,
+    /// The target, for commands that address other LUs (EXTENDED COPY).
+    pub target: &'a super::ScsiTarget,
 }
 
 impl Ctx<'_> {
@@ -344,16 +346,26 @@ impl LogicalUnit {
                 )),
             },
             MODE_SENSE_6 | MODE_SENSE_10 => mode::mode_sense(self, ctx.cdb()),
-            MODE_SELECT_6 | MODE_SELECT_10 => mode::mode_select(self, ctx),
+            MODE_SELECT_6 | MODE_SELECT_10 => {
+                let wce_cleared = mode::mode_select(self, ctx)?;
+                if wce_cleared {
+                    // Writes acknowledged under WCE=1 become durable now (SBC-3 4.15).
+                    self.backend.flush().await.map_err(write_error)?;
+                }
+                Ok(Bytes::new())
+            }
             RESERVE_6 | RESERVE_10 | RELEASE_6 | RELEASE_10 => pr::legacy(self, ctx),
             PERSISTENT_RESERVE_IN => pr::pr_in(self, ctx),
             PERSISTENT_RESERVE_OUT => pr::pr_out(self, ctx),
             START_STOP_UNIT => rw::start_stop(self, ctx).await,
             SYNCHRONIZE_CACHE_10 | SYNCHRONIZE_CACHE_16 => rw::synchronize_cache(self, ctx).await,
             PRE_FETCH_10 | PRE_FETCH_16 => rw::pre_fetch(self, ctx),
+            READ_DEFECT_DATA_10 | READ_DEFECT_DATA_12 => inquiry::read_defect_data(ctx.cdb()),
             WRITE_SAME_10 | WRITE_SAME_16 => thin::write_same(self, ctx).await,
             UNMAP => thin::unmap(self, ctx).await,
             COMPARE_AND_WRITE => rw::compare_and_write(self, ctx).await,
+            EXTENDED_COPY => super::xcopy::extended_copy(ctx).await,
+            RECEIVE_COPY_RESULTS => super::xcopy::receive_copy_results(ctx.cdb()),
             ORWRITE_16 => rw::orwrite(self, ctx).await,
             VERIFY_10 | VERIFY_12 | VERIFY_16 => rw::verify(self, ctx).await,
             _ => rw::read_write(self, ctx).await,

@@ -20,6 +20,7 @@ mod rw;
 pub mod sense;
 mod target;
 mod thin;
+mod xcopy;
 
 pub use lu::{naa_from, LogicalUnit, LunConfig, LunError};
 pub use sense::Sense;

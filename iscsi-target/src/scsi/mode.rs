@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use bytes::Bytes;
 
 use super::cdb::{be16, u8_at};
-use super::lu::{truncate, CmdResult, Ctx, LogicalUnit};
+use super::lu::{truncate, CmdResult, Ctx, Fail, LogicalUnit};
 use super::opcodes::code::*;
 use super::sense::{self, Sense};
 
@@ -135,8 +135,9 @@ pub(crate) fn mode_sense(lu: &LogicalUnit, cdb: &[u8]) -> CmdResult {
 /// MODE SELECT(6)/(10) (SPC-4 6.9/6.10). SP=1 is rejected (nothing can be
 /// saved); every page must match the current values except the bits the
 /// changeable mask allows (only WCE). A WCE change raises MODE PARAMETERS
-/// CHANGED for the other nexuses.
-pub(crate) fn mode_select(lu: &LogicalUnit, ctx: &Ctx<'_>) -> CmdResult {
+/// CHANGED for the other nexuses. Returns whether WCE went from 1 to 0
+/// (the caller then flushes the cache).
+pub(crate) fn mode_select(lu: &LogicalUnit, ctx: &Ctx<'_>) -> Result<bool, Fail> {
     let cdb = ctx.cdb();
     let ten = u8_at(cdb, 0) == MODE_SELECT_10;
     if u8_at(cdb, 1) & 0x01 != 0 {
@@ -148,7 +149,7 @@ pub(crate) fn mode_select(lu: &LogicalUnit, ctx: &Ctx<'_>) -> CmdResult {
         usize::from(u8_at(cdb, 4))
     };
     if plen == 0 {
-        return Ok(Bytes::new());
+        return Ok(false);
     }
     let p = super::rw::data_out(ctx, plen)?;
     let hdr = if ten { 8 } else { 4 };
@@ -209,6 +210,7 @@ pub(crate) fn mode_select(lu: &LogicalUnit, ctx: &Ctx<'_>) -> CmdResult {
             lu.lock()
                 .ua_others(Some(ctx.nexus.id), sense::UA_MODE_PARAMS_CHANGED);
         }
+        return Ok(old && !wce);
     }
-    Ok(Bytes::new())
+    Ok(false)
 }

@@ -136,6 +136,8 @@ pub mod code {
     pub const WRITE_VERIFY_10: u8 = 0x2e;
     pub const VERIFY_10: u8 = 0x2f;
     pub const PRE_FETCH_10: u8 = 0x34;
+    pub const READ_DEFECT_DATA_10: u8 = 0x37;
+    pub const READ_DEFECT_DATA_12: u8 = 0xb7;
     pub const SYNCHRONIZE_CACHE_10: u8 = 0x35;
     pub const WRITE_SAME_10: u8 = 0x41;
     pub const UNMAP: u8 = 0x42;
@@ -145,6 +147,8 @@ pub mod code {
     pub const MODE_SENSE_10: u8 = 0x5a;
     pub const PERSISTENT_RESERVE_IN: u8 = 0x5e;
     pub const PERSISTENT_RESERVE_OUT: u8 = 0x5f;
+    pub const EXTENDED_COPY: u8 = 0x83;
+    pub const RECEIVE_COPY_RESULTS: u8 = 0x84;
     pub const READ_16: u8 = 0x88;
     pub const COMPARE_AND_WRITE: u8 = 0x89;
     pub const WRITE_16: u8 = 0x8a;
@@ -154,6 +158,7 @@ pub mod code {
     pub const PRE_FETCH_16: u8 = 0x90;
     pub const SYNCHRONIZE_CACHE_16: u8 = 0x91;
     pub const WRITE_SAME_16: u8 = 0x93;
+    pub const WRITE_ATOMIC_16: u8 = 0x9c;
     pub const SERVICE_ACTION_IN_16: u8 = 0x9e;
     pub const REPORT_LUNS: u8 = 0xa0;
     pub const MAINTENANCE_IN: u8 = 0xa3;
@@ -173,477 +178,71 @@ pub mod code {
 use code::*;
 
 /// The table. Order is the order of REPORT SUPPORTED OPERATION CODES.
+#[rustfmt::skip]
 pub static OPCODES: &[OpInfo] = &[
-    op(
-        TEST_UNIT_READY,
-        None,
-        "TEST UNIT READY",
-        &[0x00, 0, 0, 0, 0, 0],
-        Xfer::None,
-        Allowed,
-    ),
-    nolun(op(
-        REQUEST_SENSE,
-        None,
-        "REQUEST SENSE",
-        &[0x03, 0x01, 0, 0, 0xff, 0],
-        Xfer::In,
-        Allowed,
-    )),
-    op(
-        READ_6,
-        None,
-        "READ(6)",
-        &[0x08, 0x1f, 0xff, 0xff, 0xff, 0],
-        Xfer::In,
-        Read,
-    ),
-    op(
-        WRITE_6,
-        None,
-        "WRITE(6)",
-        &[0x0a, 0x1f, 0xff, 0xff, 0xff, 0],
-        Xfer::Blocks6,
-        Write,
-    ),
-    nolun(op(
-        INQUIRY,
-        None,
-        "INQUIRY",
-        &[0x12, 0x01, 0xff, 0xff, 0xff, 0],
-        Xfer::In,
-        Allowed,
-    )),
-    op(
-        MODE_SELECT_6,
-        None,
-        "MODE SELECT(6)",
-        &[0x15, 0x11, 0, 0, 0xff, 0],
-        Xfer::Param { off: 4, size: 1 },
-        Write,
-    ),
-    op(
-        RESERVE_6,
-        None,
-        "RESERVE(6)",
-        &[0x16, 0, 0, 0, 0, 0],
-        Xfer::None,
-        Own,
-    ),
-    free(op(
-        RELEASE_6,
-        None,
-        "RELEASE(6)",
-        &[0x17, 0, 0, 0, 0, 0],
-        Xfer::None,
-        Own,
-    )),
-    op(
-        MODE_SENSE_6,
-        None,
-        "MODE SENSE(6)",
-        &[0x1a, 0x08, 0xff, 0xff, 0xff, 0],
-        Xfer::In,
-        Read,
-    ),
-    op(
-        START_STOP_UNIT,
-        None,
-        "START STOP UNIT",
-        &[0x1b, 0x01, 0, 0x0f, 0xf7, 0],
-        Xfer::None,
-        Write,
-    ),
-    op(
-        READ_CAPACITY_10,
-        None,
-        "READ CAPACITY(10)",
-        &[0x25, 0, 0xff, 0xff, 0xff, 0xff, 0, 0, 0x01, 0],
-        Xfer::In,
-        Allowed,
-    ),
-    op(
-        READ_10,
-        None,
-        "READ(10)",
-        &[0x28, 0x1e, 0xff, 0xff, 0xff, 0xff, 0x3f, 0xff, 0xff, 0],
-        Xfer::In,
-        Read,
-    ),
-    op(
-        WRITE_10,
-        None,
-        "WRITE(10)",
-        &[0x2a, 0x1a, 0xff, 0xff, 0xff, 0xff, 0x3f, 0xff, 0xff, 0],
-        B10,
-        Write,
-    ),
-    op(
-        WRITE_VERIFY_10,
-        None,
-        "WRITE AND VERIFY(10)",
-        &[0x2e, 0x12, 0xff, 0xff, 0xff, 0xff, 0x3f, 0xff, 0xff, 0],
-        B10,
-        Write,
-    ),
-    op(
-        VERIFY_10,
-        None,
-        "VERIFY(10)",
-        &[0x2f, 0x16, 0xff, 0xff, 0xff, 0xff, 0x3f, 0xff, 0xff, 0],
-        Xfer::Verify { off: 7, size: 2 },
-        Read,
-    ),
-    op(
-        PRE_FETCH_10,
-        None,
-        "PRE-FETCH(10)",
-        &[0x34, 0x02, 0xff, 0xff, 0xff, 0xff, 0x3f, 0xff, 0xff, 0],
-        Xfer::None,
-        Read,
-    ),
-    op(
-        SYNCHRONIZE_CACHE_10,
-        None,
-        "SYNCHRONIZE CACHE(10)",
-        &[0x35, 0x06, 0xff, 0xff, 0xff, 0xff, 0x3f, 0xff, 0xff, 0],
-        Xfer::None,
-        Write,
-    ),
-    op(
-        WRITE_SAME_10,
-        None,
-        "WRITE SAME(10)",
-        &[0x41, 0x08, 0xff, 0xff, 0xff, 0xff, 0x3f, 0xff, 0xff, 0],
-        Xfer::WriteSame,
-        Write,
-    ),
-    op(
-        UNMAP,
-        None,
-        "UNMAP",
-        &[0x42, 0, 0, 0, 0, 0, 0x3f, 0xff, 0xff, 0],
-        Xfer::Param { off: 7, size: 2 },
-        Write,
-    ),
-    op(
-        MODE_SELECT_10,
-        None,
-        "MODE SELECT(10)",
-        &[0x55, 0x11, 0, 0, 0, 0, 0, 0xff, 0xff, 0],
-        Xfer::Param { off: 7, size: 2 },
-        Write,
-    ),
-    op(
-        RESERVE_10,
-        None,
-        "RESERVE(10)",
-        &[0x56, 0, 0, 0, 0, 0, 0, 0, 0, 0],
-        Xfer::None,
-        Own,
-    ),
-    free(op(
-        RELEASE_10,
-        None,
-        "RELEASE(10)",
-        &[0x57, 0, 0, 0, 0, 0, 0, 0, 0, 0],
-        Xfer::None,
-        Own,
-    )),
-    op(
-        MODE_SENSE_10,
-        None,
-        "MODE SENSE(10)",
-        &[0x5a, 0x18, 0xff, 0xff, 0, 0, 0, 0xff, 0xff, 0],
-        Xfer::In,
-        Read,
-    ),
-    op(
-        PERSISTENT_RESERVE_IN,
-        Some(0x00),
-        "PERSISTENT RESERVE IN / READ KEYS",
-        &[0x5e, 0x1f, 0, 0, 0, 0, 0, 0xff, 0xff, 0],
-        Xfer::In,
-        Own,
-    ),
-    op(
-        PERSISTENT_RESERVE_IN,
-        Some(0x01),
-        "PERSISTENT RESERVE IN / READ RESERVATION",
-        &[0x5e, 0x1f, 0, 0, 0, 0, 0, 0xff, 0xff, 0],
-        Xfer::In,
-        Own,
-    ),
-    op(
-        PERSISTENT_RESERVE_IN,
-        Some(0x02),
-        "PERSISTENT RESERVE IN / REPORT CAPABILITIES",
-        &[0x5e, 0x1f, 0, 0, 0, 0, 0, 0xff, 0xff, 0],
-        Xfer::In,
-        Own,
-    ),
-    op(
-        PERSISTENT_RESERVE_IN,
-        Some(0x03),
-        "PERSISTENT RESERVE IN / READ FULL STATUS",
-        &[0x5e, 0x1f, 0, 0, 0, 0, 0, 0xff, 0xff, 0],
-        Xfer::In,
-        Own,
-    ),
-    op(
-        PERSISTENT_RESERVE_OUT,
-        Some(0x00),
-        "PERSISTENT RESERVE OUT / REGISTER",
-        &PROUT_ROW,
-        PROUT_XFER,
-        Own,
-    ),
-    op(
-        PERSISTENT_RESERVE_OUT,
-        Some(0x01),
-        "PERSISTENT RESERVE OUT / RESERVE",
-        &PROUT_ROW,
-        PROUT_XFER,
-        Own,
-    ),
-    op(
-        PERSISTENT_RESERVE_OUT,
-        Some(0x02),
-        "PERSISTENT RESERVE OUT / RELEASE",
-        &PROUT_ROW,
-        PROUT_XFER,
-        Own,
-    ),
-    op(
-        PERSISTENT_RESERVE_OUT,
-        Some(0x03),
-        "PERSISTENT RESERVE OUT / CLEAR",
-        &PROUT_ROW,
-        PROUT_XFER,
-        Own,
-    ),
-    op(
-        PERSISTENT_RESERVE_OUT,
-        Some(0x04),
-        "PERSISTENT RESERVE OUT / PREEMPT",
-        &PROUT_ROW,
-        PROUT_XFER,
-        Own,
-    ),
-    op(
-        PERSISTENT_RESERVE_OUT,
-        Some(0x05),
-        "PERSISTENT RESERVE OUT / PREEMPT AND ABORT",
-        &PROUT_ROW,
-        PROUT_XFER,
-        Own,
-    ),
-    op(
-        PERSISTENT_RESERVE_OUT,
-        Some(0x06),
-        "PERSISTENT RESERVE OUT / REGISTER AND IGNORE EXISTING KEY",
-        &PROUT_ROW,
-        PROUT_XFER,
-        Own,
-    ),
-    op(
-        READ_16,
-        None,
-        "READ(16)",
-        &[
-            0x88, 0x1e, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
-            0x3f, 0,
-        ],
-        Xfer::In,
-        Read,
-    ),
-    op(
-        COMPARE_AND_WRITE,
-        None,
-        "COMPARE AND WRITE",
-        &[
-            0x89, 0x1a, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0xff, 0x3f, 0,
-        ],
-        Xfer::Caw,
-        Write,
-    ),
-    op(
-        WRITE_16,
-        None,
-        "WRITE(16)",
-        &[
-            0x8a, 0x1a, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
-            0x3f, 0,
-        ],
-        B16,
-        Write,
-    ),
-    op(
-        ORWRITE_16,
-        None,
-        "ORWRITE(16)",
-        &[
-            0x8b, 0x1a, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
-            0x3f, 0,
-        ],
-        B16,
-        Write,
-    ),
-    op(
-        WRITE_VERIFY_16,
-        None,
-        "WRITE AND VERIFY(16)",
-        &[
-            0x8e, 0x12, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
-            0x3f, 0,
-        ],
-        B16,
-        Write,
-    ),
-    op(
-        VERIFY_16,
-        None,
-        "VERIFY(16)",
-        &[
-            0x8f, 0x16, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
-            0x3f, 0,
-        ],
-        Xfer::Verify { off: 10, size: 4 },
-        Read,
-    ),
-    op(
-        PRE_FETCH_16,
-        None,
-        "PRE-FETCH(16)",
-        &[
-            0x90, 0x02, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
-            0x3f, 0,
-        ],
-        Xfer::None,
-        Read,
-    ),
-    op(
-        SYNCHRONIZE_CACHE_16,
-        None,
-        "SYNCHRONIZE CACHE(16)",
-        &[
-            0x91, 0x06, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
-            0x3f, 0,
-        ],
-        Xfer::None,
-        Write,
-    ),
-    op(
-        WRITE_SAME_16,
-        None,
-        "WRITE SAME(16)",
-        &[
-            0x93, 0x09, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
-            0x3f, 0,
-        ],
-        Xfer::WriteSame,
-        Write,
-    ),
-    op(
-        SERVICE_ACTION_IN_16,
-        Some(SA_READ_CAPACITY_16),
-        "READ CAPACITY(16)",
-        &[
-            0x9e, 0x1f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
-            0x01, 0,
-        ],
-        Xfer::In,
-        Allowed,
-    ),
-    op(
-        SERVICE_ACTION_IN_16,
-        Some(SA_GET_LBA_STATUS),
-        "GET LBA STATUS",
-        &[
-            0x9e, 0x1f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0,
-            0,
-        ],
-        Xfer::In,
-        Read,
-    ),
-    nolun(op(
-        REPORT_LUNS,
-        None,
-        "REPORT LUNS",
-        &[0xa0, 0, 0xff, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0],
-        Xfer::In,
-        Allowed,
-    )),
-    free(op(
-        MAINTENANCE_IN,
-        Some(SA_REPORT_TARGET_PORT_GROUPS),
-        "REPORT TARGET PORT GROUPS",
-        &[0xa3, 0xff, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0],
-        Xfer::In,
-        Allowed,
-    )),
-    free(op(
-        MAINTENANCE_IN,
-        Some(SA_REPORT_SUPPORTED_OPCODES),
-        "REPORT SUPPORTED OPERATION CODES",
-        &[
-            0xa3, 0x1f, 0x87, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0,
-        ],
-        Xfer::In,
-        Allowed,
-    )),
-    free(op(
-        MAINTENANCE_IN,
-        Some(SA_REPORT_SUPPORTED_TMF),
-        "REPORT SUPPORTED TASK MANAGEMENT FUNCTIONS",
-        &[0xa3, 0x1f, 0x80, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0],
-        Xfer::In,
-        Allowed,
-    )),
-    op(
-        READ_12,
-        None,
-        "READ(12)",
-        &[
-            0xa8, 0x1e, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x3f, 0,
-        ],
-        Xfer::In,
-        Read,
-    ),
-    op(
-        WRITE_12,
-        None,
-        "WRITE(12)",
-        &[
-            0xaa, 0x1a, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x3f, 0,
-        ],
-        B12,
-        Write,
-    ),
-    op(
-        WRITE_VERIFY_12,
-        None,
-        "WRITE AND VERIFY(12)",
-        &[
-            0xae, 0x12, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x3f, 0,
-        ],
-        B12,
-        Write,
-    ),
-    op(
-        VERIFY_12,
-        None,
-        "VERIFY(12)",
-        &[
-            0xaf, 0x16, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x3f, 0,
-        ],
-        Xfer::Verify { off: 6, size: 4 },
-        Read,
-    ),
+    op(TEST_UNIT_READY, None, "TEST UNIT READY", &[0x00, 0, 0, 0, 0, 0], Xfer::None, Allowed),
+    nolun(op(REQUEST_SENSE, None, "REQUEST SENSE", &[0x03, 0x01, 0, 0, 0xff, 0], Xfer::In, Allowed)),
+    op(READ_6, None, "READ(6)", &[0x08, 0x1f, 0xff, 0xff, 0xff, 0], Xfer::In, Read),
+    op(WRITE_6, None, "WRITE(6)", &[0x0a, 0x1f, 0xff, 0xff, 0xff, 0], Xfer::Blocks6, Write),
+    nolun(op(INQUIRY, None, "INQUIRY", &[0x12, 0x01, 0xff, 0xff, 0xff, 0], Xfer::In, Allowed)),
+    op(MODE_SELECT_6, None, "MODE SELECT(6)", &[0x15, 0x11, 0, 0, 0xff, 0], Xfer::Param { off: 4, size: 1 }, Write),
+    op(RESERVE_6, None, "RESERVE(6)", &[0x16, 0, 0, 0, 0, 0], Xfer::None, Own),
+    free(op(RELEASE_6, None, "RELEASE(6)", &[0x17, 0, 0, 0, 0, 0], Xfer::None, Own)),
+    op(MODE_SENSE_6, None, "MODE SENSE(6)", &[0x1a, 0x08, 0xff, 0xff, 0xff, 0], Xfer::In, Read),
+    op(START_STOP_UNIT, None, "START STOP UNIT", &[0x1b, 0x01, 0, 0x0f, 0xf7, 0], Xfer::None, Write),
+    op(READ_CAPACITY_10, None, "READ CAPACITY(10)", &[0x25, 0, 0xff, 0xff, 0xff, 0xff, 0, 0, 0x01, 0], Xfer::In, Allowed),
+    op(READ_10, None, "READ(10)", &[0x28, 0x1e, 0xff, 0xff, 0xff, 0xff, 0x3f, 0xff, 0xff, 0], Xfer::In, Read),
+    op(WRITE_10, None, "WRITE(10)", &[0x2a, 0x1a, 0xff, 0xff, 0xff, 0xff, 0x3f, 0xff, 0xff, 0], B10, Write),
+    op(WRITE_VERIFY_10, None, "WRITE AND VERIFY(10)", &[0x2e, 0x12, 0xff, 0xff, 0xff, 0xff, 0x3f, 0xff, 0xff, 0], B10, Write),
+    op(VERIFY_10, None, "VERIFY(10)", &[0x2f, 0x16, 0xff, 0xff, 0xff, 0xff, 0x3f, 0xff, 0xff, 0], Xfer::Verify { off: 7, size: 2 }, Read),
+    op(PRE_FETCH_10, None, "PRE-FETCH(10)", &[0x34, 0x02, 0xff, 0xff, 0xff, 0xff, 0x3f, 0xff, 0xff, 0], Xfer::None, Read),
+    op(READ_DEFECT_DATA_10, None, "READ DEFECT DATA(10)", &[0x37, 0, 0x1f, 0, 0, 0, 0, 0xff, 0xff, 0], Xfer::In, Read),
+    op(SYNCHRONIZE_CACHE_10, None, "SYNCHRONIZE CACHE(10)", &[0x35, 0x06, 0xff, 0xff, 0xff, 0xff, 0x3f, 0xff, 0xff, 0], Xfer::None, Write),
+    op(WRITE_SAME_10, None, "WRITE SAME(10)", &[0x41, 0x08, 0xff, 0xff, 0xff, 0xff, 0x3f, 0xff, 0xff, 0], Xfer::WriteSame, Write),
+    op(UNMAP, None, "UNMAP", &[0x42, 0, 0, 0, 0, 0, 0x3f, 0xff, 0xff, 0], Xfer::Param { off: 7, size: 2 }, Write),
+    op(MODE_SELECT_10, None, "MODE SELECT(10)", &[0x55, 0x11, 0, 0, 0, 0, 0, 0xff, 0xff, 0], Xfer::Param { off: 7, size: 2 }, Write),
+    op(RESERVE_10, None, "RESERVE(10)", &[0x56, 0, 0, 0, 0, 0, 0, 0, 0, 0], Xfer::None, Own),
+    free(op(RELEASE_10, None, "RELEASE(10)", &[0x57, 0, 0, 0, 0, 0, 0, 0, 0, 0], Xfer::None, Own)),
+    op(MODE_SENSE_10, None, "MODE SENSE(10)", &[0x5a, 0x18, 0xff, 0xff, 0, 0, 0, 0xff, 0xff, 0], Xfer::In, Read),
+    op(PERSISTENT_RESERVE_IN, Some(0x00), "PERSISTENT RESERVE IN / READ KEYS", &PRIN_ROW, Xfer::In, Own),
+    op(PERSISTENT_RESERVE_IN, Some(0x01), "PERSISTENT RESERVE IN / READ RESERVATION", &PRIN_ROW, Xfer::In, Own),
+    op(PERSISTENT_RESERVE_IN, Some(0x02), "PERSISTENT RESERVE IN / REPORT CAPABILITIES", &PRIN_ROW, Xfer::In, Own),
+    op(PERSISTENT_RESERVE_IN, Some(0x03), "PERSISTENT RESERVE IN / READ FULL STATUS", &PRIN_ROW, Xfer::In, Own),
+    op(PERSISTENT_RESERVE_OUT, Some(0x00), "PERSISTENT RESERVE OUT / REGISTER", &PROUT_ROW, PROUT_XFER, Own),
+    op(PERSISTENT_RESERVE_OUT, Some(0x01), "PERSISTENT RESERVE OUT / RESERVE", &PROUT_ROW, PROUT_XFER, Own),
+    op(PERSISTENT_RESERVE_OUT, Some(0x02), "PERSISTENT RESERVE OUT / RELEASE", &PROUT_ROW, PROUT_XFER, Own),
+    op(PERSISTENT_RESERVE_OUT, Some(0x03), "PERSISTENT RESERVE OUT / CLEAR", &PROUT_ROW, PROUT_XFER, Own),
+    op(PERSISTENT_RESERVE_OUT, Some(0x04), "PERSISTENT RESERVE OUT / PREEMPT", &PROUT_ROW, PROUT_XFER, Own),
+    op(PERSISTENT_RESERVE_OUT, Some(0x05), "PERSISTENT RESERVE OUT / PREEMPT AND ABORT", &PROUT_ROW, PROUT_XFER, Own),
+    op(PERSISTENT_RESERVE_OUT, Some(0x06), "PERSISTENT RESERVE OUT / REGISTER AND IGNORE EXISTING KEY", &PROUT_ROW, PROUT_XFER, Own),
+    op(EXTENDED_COPY, Some(0x00), "EXTENDED COPY(LID1)", &[0x83, 0x1f, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0], Xfer::Param { off: 10, size: 4 }, Write),
+    op(RECEIVE_COPY_RESULTS, Some(0x03), "RECEIVE COPY RESULTS / OPERATING PARAMETERS", &[0x84, 0x1f, 0xff, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0], Xfer::In, Allowed),
+    op(READ_16, None, "READ(16)", &[0x88, 0x1e, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x3f, 0], Xfer::In, Read),
+    op(COMPARE_AND_WRITE, None, "COMPARE AND WRITE", &[0x89, 0x1a, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0xff, 0x3f, 0], Xfer::Caw, Write),
+    op(WRITE_16, None, "WRITE(16)", &[0x8a, 0x1a, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x3f, 0], B16, Write),
+    op(ORWRITE_16, None, "ORWRITE(16)", &[0x8b, 0x1a, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x3f, 0], B16, Write),
+    op(WRITE_VERIFY_16, None, "WRITE AND VERIFY(16)", &[0x8e, 0x12, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x3f, 0], B16, Write),
+    op(VERIFY_16, None, "VERIFY(16)", &[0x8f, 0x16, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x3f, 0], Xfer::Verify { off: 10, size: 4 }, Read),
+    op(PRE_FETCH_16, None, "PRE-FETCH(16)", &[0x90, 0x02, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x3f, 0], Xfer::None, Read),
+    op(SYNCHRONIZE_CACHE_16, None, "SYNCHRONIZE CACHE(16)", &[0x91, 0x06, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x3f, 0], Xfer::None, Write),
+    op(WRITE_SAME_16, None, "WRITE SAME(16)", &[0x93, 0x09, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x3f, 0], Xfer::WriteSame, Write),
+    op(WRITE_ATOMIC_16, None, "WRITE ATOMIC(16)", &[0x9c, 0x18, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0, 0xff, 0xff, 0x3f, 0], Xfer::Blocks { off: 12, size: 2 }, Write),
+    op(SERVICE_ACTION_IN_16, Some(SA_READ_CAPACITY_16), "READ CAPACITY(16)", &[0x9e, 0x1f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01, 0], Xfer::In, Allowed),
+    op(SERVICE_ACTION_IN_16, Some(SA_GET_LBA_STATUS), "GET LBA STATUS", &[0x9e, 0x1f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0], Xfer::In, Read),
+    nolun(op(REPORT_LUNS, None, "REPORT LUNS", &[0xa0, 0, 0xff, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0], Xfer::In, Allowed)),
+    free(op(MAINTENANCE_IN, Some(SA_REPORT_TARGET_PORT_GROUPS), "REPORT TARGET PORT GROUPS", &[0xa3, 0xff, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0], Xfer::In, Allowed)),
+    free(op(MAINTENANCE_IN, Some(SA_REPORT_SUPPORTED_OPCODES), "REPORT SUPPORTED OPERATION CODES", &[0xa3, 0x1f, 0x87, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0], Xfer::In, Allowed)),
+    free(op(MAINTENANCE_IN, Some(SA_REPORT_SUPPORTED_TMF), "REPORT SUPPORTED TASK MANAGEMENT FUNCTIONS", &[0xa3, 0x1f, 0x80, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0], Xfer::In, Allowed)),
+    op(READ_12, None, "READ(12)", &[0xa8, 0x1e, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x3f, 0], Xfer::In, Read),
+    op(WRITE_12, None, "WRITE(12)", &[0xaa, 0x1a, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x3f, 0], B12, Write),
+    op(WRITE_VERIFY_12, None, "WRITE AND VERIFY(12)", &[0xae, 0x12, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x3f, 0], B12, Write),
+    op(VERIFY_12, None, "VERIFY(12)", &[0xaf, 0x16, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x3f, 0], Xfer::Verify { off: 6, size: 4 }, Read),
+    op(READ_DEFECT_DATA_12, None, "READ DEFECT DATA(12)", &[0xb7, 0x1f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0], Xfer::In, Read),
 ];
 
 const PROUT_XFER: Xfer = Xfer::Param { off: 5, size: 4 };
 const PROUT_ROW: [u8; 10] = [0x5f, 0x1f, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0];
+const PRIN_ROW: [u8; 10] = [0x5e, 0x1f, 0, 0, 0, 0, 0, 0xff, 0xff, 0];
 
 /// Result of looking a CDB up in [`OPCODES`].
 #[derive(Debug)]
@@ -754,7 +353,7 @@ pub fn data_out_len(info: &OpInfo, cdb: &[u8], block_size: u32) -> u64 {
 }
 
 fn one_command_descriptor(o: &OpInfo, rctd: bool) -> Vec<u8> {
-    let mut d = vec![0u8; 4];
+    let mut d = vec![0u8; 2];
     d[1] = 0x03; // SUPPORT: supported according to the standard
     if rctd {
         d[1] |= 0x80; // CTDP

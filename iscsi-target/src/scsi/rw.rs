@@ -9,11 +9,14 @@ use super::cdb::{be16, be24, be32, be64, u8_at};
 use super::lu::{
     read_error, write_error, CmdResult, Ctx, LogicalUnit, MAX_CAW_BLOCKS, MAX_TRANSFER_BYTES,
 };
-use super::opcodes::code::*;
+use super::opcodes::{code::*, Xfer};
 use super::sense::{self, Sense};
 
 /// LBA and transfer length of a 6/10/12/16-byte block command.
 pub(crate) fn lba_len(cdb: &[u8]) -> (u64, u64) {
+    if cdb.first() == Some(&WRITE_ATOMIC_16) {
+        return (be64(cdb, 2), u64::from(be16(cdb, 12)));
+    }
     match cdb.first().copied().unwrap_or(0) >> 5 {
         0 => {
             let lba = u64::from(be24(cdb, 1) & 0x1f_ffff);
@@ -35,6 +38,7 @@ fn xfer_bytes(lu: &LogicalUnit, cdb: &[u8], n: u64) -> Result<usize, Sense> {
             0 => 4,
             1 | 2 => 7,
             5 => 6,
+            _ if cdb.first() == Some(&WRITE_ATOMIC_16) => 12,
             _ => 10,
         };
         return Err(Sense::invalid_cdb_field(off, None));
@@ -56,16 +60,8 @@ pub(crate) async fn read_write(lu: &LogicalUnit, ctx: &Ctx<'_>) -> CmdResult {
     let cdb = ctx.cdb();
     let op = ctx.info.opcode;
     let (lba, n) = lba_len(cdb);
-    let is_write = matches!(
-        op,
-        WRITE_6
-            | WRITE_10
-            | WRITE_12
-            | WRITE_16
-            | WRITE_VERIFY_10
-            | WRITE_VERIFY_12
-            | WRITE_VERIFY_16
-    );
+    // Every command routed here that is not Data-In is a write.
+    let is_write = ctx.info.xfer != Xfer::In;
     if is_write {
         lu.check_writable()?;
     }
@@ -76,6 +72,7 @@ pub(crate) async fn read_write(lu: &LogicalUnit, ctx: &Ctx<'_>) -> CmdResult {
         if len == 0 {
             return Ok(Bytes::new());
         }
+        let _g = lu.io_lock.read().await;
         return lu.backend.read(off, len).await.map_err(read_error);
     }
     let data = data_out(ctx, len)?;
@@ -84,6 +81,15 @@ pub(crate) async fn read_write(lu: &LogicalUnit, ctx: &Ctx<'_>) -> CmdResult {
     }
     let verify = matches!(op, WRITE_VERIFY_10 | WRITE_VERIFY_12 | WRITE_VERIFY_16);
     let fua = verify || (op != WRITE_6 && u8_at(cdb, 1) & 0x08 != 0) || !lu.write_cache_enabled();
+    // WRITE ATOMIC excludes every other access for its duration (SBC-4 4.29).
+    if op == WRITE_ATOMIC_16 {
+        let _g = lu.io_lock.write().await;
+        lu.backend
+            .write(off, data, fua)
+            .await
+            .map_err(write_error)?;
+        return Ok(Bytes::new());
+    }
     let _g = lu.io_lock.read().await;
     lu.backend
         .write(off, data, fua)

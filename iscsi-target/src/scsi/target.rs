@@ -92,7 +92,10 @@ impl ScsiTarget {
         let spdtl = opcodes::data_out_len(info, &req.cdb, bs);
         // Data-Out beyond the expected length: the initiator cannot send it
         // (FCP-4 / RFC 7143: option b, no data transferred).
-        if spdtl > u64::from(req.expected_len) {
+        // COMPARE AND WRITE and WRITE SAME need exactly their Data-Out
+        // (SBC-3 5.2, 5.44): any other expected length is refused.
+        let exact = matches!(info.xfer, Xfer::Caw | Xfer::WriteSame) && spdtl > 0;
+        if spdtl > u64::from(req.expected_len) || (exact && spdtl != u64::from(req.expected_len)) {
             let r = Fail::Check(sense::INVALID_FIELD_IN_IU);
             return failed(&req, r, spdtl);
         }
@@ -101,6 +104,7 @@ impl ScsiTarget {
             req: &req,
             info,
             target_name: &self.name,
+            target: self,
         };
         let result = match (&lu, info.opcode) {
             (_, REPORT_LUNS) => self.report_luns(&req.cdb),
@@ -143,13 +147,15 @@ impl ScsiTarget {
         }
     }
 
-    /// LOGICAL UNIT RESET (SAM-5 7.7): clears RESERVE(6)/(10), queues a
-    /// BUS DEVICE RESET FUNCTION OCCURRED UA for the other nexuses; PRs stay.
+    /// LOGICAL UNIT RESET (SAM-5 7.7): clears RESERVE(6)/(10) and queues a
+    /// BUS DEVICE RESET FUNCTION OCCURRED UA for every I_T nexus of the LU,
+    /// the requesting one included (SAM-5 6.3.3); PRs stay.
     /// Returns false if the LUN does not exist.
     pub fn lun_reset(&self, lun: u64, by: &Nexus) -> bool {
+        tracing::debug!(lun, nexus = by.id, "logical unit reset");
         match self.lun(lun) {
             Some(lu) => {
-                lu.reset(Some(by.id), sense::UA_BUS_DEVICE_RESET);
+                lu.reset(None, sense::UA_BUS_DEVICE_RESET);
                 true
             }
             None => false,
@@ -157,16 +163,18 @@ impl ScsiTarget {
     }
 
     /// TARGET (WARM/COLD) RESET (SAM-5 7.10, RFC 7143 11.5.1): every LU is
-    /// reset; other nexuses get POWER ON, RESET... (29/00) for a warm reset
-    /// and POWER ON OCCURRED (29/01) for a cold one.
+    /// reset; every nexus still known (the requester included) gets POWER
+    /// ON, RESET... (29/00) for a warm reset and POWER ON OCCURRED (29/01)
+    /// for a cold one. The transport drops its sessions on a cold reset.
     pub fn target_reset(&self, by: &Nexus, cold: bool) {
+        tracing::debug!(nexus = by.id, cold, "target reset");
         let ua = if cold {
             (0x29, 0x01)
         } else {
             sense::UA_POWER_ON_RESET
         };
         for lu in self.all() {
-            lu.reset(Some(by.id), ua);
+            lu.reset(None, ua);
         }
     }
 
@@ -179,7 +187,7 @@ impl ScsiTarget {
         }
     }
 
-    fn all(&self) -> Vec<Arc<LogicalUnit>> {
+    pub(crate) fn all(&self) -> Vec<Arc<LogicalUnit>> {
         self.luns
             .read()
             .unwrap_or_else(|p| p.into_inner())
