@@ -7,7 +7,7 @@
 
 use crate::proc;
 use crate::report::{Checks, SuiteResult};
-use crate::target::{Chap, RunningTarget, TargetKind, DEFAULT_IQN};
+use crate::target::{Chap, RunningTarget, Setup, TargetKind, DEFAULT_IQN};
 use anyhow::{bail, Result};
 use std::path::PathBuf;
 use std::process::Command;
@@ -79,7 +79,11 @@ fn run_mode(kind: &TargetKind, opts: &Options, mode: Mode) -> Result<String> {
         );
     }
     let chap = test_chap();
-    let target = RunningTarget::start(kind, (mode == Mode::Chap).then_some(&chap))?;
+    let setup = Setup {
+        chap: (mode == Mode::Chap).then(|| chap.clone()),
+        digests: mode == Mode::Digest,
+    };
+    let target = RunningTarget::start(kind, &setup)?;
     let mut cmd = Command::new("bash");
     cmd.arg(&opts.script)
         .arg("--portal")

@@ -9,7 +9,7 @@ use crate::cunit::{self, Outcome};
 use crate::expectations::Expectations;
 use crate::proc;
 use crate::report::SuiteResult;
-use crate::target::{RunningTarget, TargetKind};
+use crate::target::{RunningTarget, Setup, TargetKind};
 use anyhow::{Context, Result};
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -41,7 +41,7 @@ pub fn run(kind: &TargetKind, opts: &Options) -> Result<SuiteResult> {
         summary: Default::default(),
         ok: false,
     };
-    let mut target = match RunningTarget::start(kind, None) {
+    let mut target = match RunningTarget::start(kind, &Setup::default()) {
         Ok(t) => t,
         Err(e) => {
             println!("FAIL libiscsi start {}: {e:#}", kind.name());

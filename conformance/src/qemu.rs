@@ -10,7 +10,7 @@
 
 use crate::proc;
 use crate::report::{Checks, SuiteResult};
-use crate::target::{RunningTarget, TargetKind};
+use crate::target::{RunningTarget, Setup, TargetKind};
 use anyhow::{bail, Result};
 use std::path::Path;
 use std::process::Command;
@@ -64,7 +64,7 @@ fn path_str(p: &Path) -> String {
 /// Runs every check against one fresh target.
 pub fn run(kind: &TargetKind) -> SuiteResult {
     let mut checks = Checks::new("qemu");
-    let target = match RunningTarget::start(kind, None) {
+    let target = match RunningTarget::start(kind, &Setup::default()) {
         Ok(t) => t,
         Err(e) => {
             checks.record(&format!("start {}", kind.name()), &Err(e));

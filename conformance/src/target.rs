@@ -34,6 +34,16 @@ pub struct Chap {
     pub secret: String,
 }
 
+/// What the default target must offer besides a plain login.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Setup {
+    /// Require one-way CHAP with these credentials.
+    pub chap: Option<Chap>,
+    /// Offer CRC32C header and data digests (RFC 7143 §13.1). locusd offers
+    /// them always; tgtd only when configured to.
+    pub digests: bool,
+}
+
 /// Which target program to run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TargetKind {
@@ -167,9 +177,9 @@ fn signal(pid: u32, sig: libc::c_int) {
 
 impl RunningTarget {
     /// Starts a fresh target on a free port with a fresh temp data dir, and
-    /// waits (bounded) until it accepts connections. With `chap`, the
-    /// default target requires one-way CHAP.
-    pub fn start(kind: &TargetKind, chap: Option<&Chap>) -> Result<Self> {
+    /// waits (bounded) until it accepts connections, configured as `setup`
+    /// says.
+    pub fn start(kind: &TargetKind, setup: &Setup) -> Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("locus-conformance-")
             .tempdir()
@@ -195,7 +205,7 @@ impl RunningTarget {
                     .arg(addr.to_string())
                     .arg("--data-dir")
                     .arg(&data);
-                if let Some(chap) = chap {
+                if let Some(chap) = &setup.chap {
                     let cfg = dir.path().join("locusd.toml");
                     std::fs::write(&cfg, locusd_chap_config(chap))?;
                     cmd.arg("--config").arg(cfg);
@@ -232,13 +242,13 @@ impl RunningTarget {
             wait_ready(child, addr, kind.name(), &t.log)?;
         }
         if let TargetKind::Tgtd = kind {
-            t.configure_tgtd(chap)?;
+            t.configure_tgtd(setup)?;
         }
         Ok(t)
     }
 
     /// Creates the target, its LUN and (optionally) the CHAP account in tgtd.
-    fn configure_tgtd(&self, chap: Option<&Chap>) -> Result<()> {
+    fn configure_tgtd(&self, setup: &Setup) -> Result<()> {
         let c = self.control.unwrap_or_default().to_string();
         let lun_file = self.dir.path().join("lun0.img");
         File::create(&lun_file)?.set_len(LUN_BYTES)?;
@@ -273,7 +283,23 @@ impl RunningTarget {
         adm(&[
             "--op", "bind", "--mode", "target", "--tid", "1", "-I", "ALL",
         ])?;
-        if let Some(chap) = chap {
+        if setup.digests {
+            for key in ["HeaderDigest", "DataDigest"] {
+                adm(&[
+                    "--op",
+                    "update",
+                    "--mode",
+                    "target",
+                    "--tid",
+                    "1",
+                    "--name",
+                    key,
+                    "--value",
+                    "CRC32C,None",
+                ])?;
+            }
+        }
+        if let Some(chap) = &setup.chap {
             adm(&[
                 "--op",
                 "new",
