@@ -1,0 +1,189 @@
+//! The libiscsi suite: `iscsi-test-cu -d -t ALL` against a fresh target,
+//! scored against the committed expectations.
+//!
+//! Owns the command line (both initiator names, `--dataloss`), the log files
+//! it leaves in the log dir, and the verdict. Parsing lives in
+//! [`crate::cunit`], the regression rules in [`crate::expectations`].
+
+use crate::cunit::{self, Outcome};
+use crate::expectations::Expectations;
+use crate::proc;
+use crate::report::SuiteResult;
+use crate::target::{RunningTarget, Setup, TargetKind};
+use anyhow::{Context, Result};
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// First initiator name (`-i`); the reservation tests log in with both.
+pub const INITIATOR_1: &str = "iqn.2026-11.io.locus:conformance-1";
+/// Second initiator name (`-I`).
+pub const INITIATOR_2: &str = "iqn.2026-11.io.locus:conformance-2";
+
+/// Options of the libiscsi suite.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Expectations file to compare with (or to write with `bless`).
+    pub expectations: PathBuf,
+    /// Write the run's outcomes into the expectations file.
+    pub bless: bool,
+    /// Where the raw output and the per-test results are kept.
+    pub log_dir: PathBuf,
+    /// Time limit for the whole `iscsi-test-cu` run.
+    pub timeout: Duration,
+}
+
+/// Runs the suite against a fresh target of `kind`.
+pub fn run(kind: &TargetKind, opts: &Options) -> Result<SuiteResult> {
+    let mut result = SuiteResult {
+        suite: "libiscsi",
+        summary: Default::default(),
+        ok: false,
+    };
+    let mut target = match RunningTarget::start(kind, &Setup::default()) {
+        Ok(t) => t,
+        Err(e) => {
+            println!("FAIL libiscsi start {}: {e:#}", kind.name());
+            return Ok(result);
+        }
+    };
+    let url = target.url();
+    println!(
+        "libiscsi: iscsi-test-cu -d -t ALL {url} (target {})",
+        kind.name()
+    );
+    let t0 = Instant::now();
+    let mut cmd = Command::new("iscsi-test-cu");
+    cmd.args(["-d", "-t", "ALL", "-i", INITIATOR_1, "-I", INITIATOR_2])
+        .arg(&url);
+    let out = proc::run(&mut cmd, opts.timeout, None)?;
+    std::fs::create_dir_all(&opts.log_dir)
+        .with_context(|| format!("creating {}", opts.log_dir.display()))?;
+    let log = opts.log_dir.join(format!("libiscsi-{}.log", kind.name()));
+    std::fs::write(&log, format!("{}{}", out.stdout, out.stderr))?;
+    println!(
+        "libiscsi: finished in {:.0}s ({}), raw output in {}",
+        t0.elapsed().as_secs_f64(),
+        out.status,
+        log.display()
+    );
+    let mut healthy = true;
+    if out.timed_out {
+        println!(
+            "FAIL libiscsi: iscsi-test-cu did not finish within {}s",
+            opts.timeout.as_secs()
+        );
+        healthy = false;
+    }
+    // A target that died under the suite is a failure whatever the scores.
+    if let Some(status) = target.exited()? {
+        println!(
+            "FAIL libiscsi: the target died during the run ({status})\n{}",
+            target.log_tail(40)
+        );
+        healthy = false;
+    }
+    match target.stop() {
+        Ok((status, killed)) => {
+            if matches!(kind, TargetKind::Locusd(_)) && (killed || !status.success()) {
+                println!(
+                    "FAIL libiscsi: locusd did not exit 0 on SIGTERM ({status}{})\n{}",
+                    if killed { ", needed SIGKILL" } else { "" },
+                    target.log_tail(40)
+                );
+                healthy = false;
+            }
+        }
+        Err(e) => println!("warning: stopping the target: {e:#}"),
+    }
+
+    let report = match cunit::parse(&out.stdout) {
+        Ok(r) => r,
+        Err(e) => {
+            println!("FAIL libiscsi: cannot parse the output of iscsi-test-cu: {e}");
+            return Ok(result);
+        }
+    };
+    if report.totals.is_none() {
+        println!("FAIL libiscsi: iscsi-test-cu stopped before its Run Summary");
+        healthy = false;
+    }
+    result.summary = report.summary();
+    let expected = Expectations::load(&opts.expectations)?;
+    let mut table = String::new();
+    for t in &report.tests {
+        let _ = writeln!(table, "{}\t{}\t{}", t.id(), t.outcome, t.detail);
+        if t.outcome == Outcome::Fail {
+            let known = expected.tests.get(&t.id()) == Some(&Outcome::Fail);
+            let tag = if known { "KNOWN-FAIL" } else { "FAIL" };
+            println!("{tag} libiscsi {}: {}", t.id(), t.detail);
+        }
+    }
+    std::fs::write(
+        opts.log_dir
+            .join(format!("libiscsi-{}.results.tsv", kind.name())),
+        table,
+    )?;
+
+    let cmp = expected.compare(&report);
+    for d in &cmp.regressions {
+        println!("REGRESSION libiscsi {d}");
+    }
+    for d in &cmp.improvements {
+        println!("IMPROVED libiscsi {d}");
+    }
+    if cmp.new_tests.len() <= 20 {
+        for d in &cmp.new_tests {
+            println!("NEW libiscsi {d}");
+        }
+    } else {
+        println!(
+            "NEW libiscsi: {} passing or skipping tests are not in the expectations file",
+            cmp.new_tests.len()
+        );
+    }
+    for d in &cmp.missing {
+        println!("MISSING libiscsi {d}");
+    }
+    if opts.bless {
+        let flag = match kind {
+            TargetKind::Tgtd => " --target tgtd",
+            TargetKind::Locusd(_) => "",
+        };
+        let origin = format!("{} ({})", kind.name(), tool_versions());
+        let regenerate = format!("cargo run --release -p conformance --{flag} libiscsi --bless");
+        Expectations::from_report(&report).save(&opts.expectations, &origin, &regenerate)?;
+        println!(
+            "libiscsi: blessed {} tests into {}",
+            report.tests.len(),
+            opts.expectations.display()
+        );
+        result.ok = healthy;
+    } else {
+        if cmp.file_is_stale() {
+            println!(
+                "libiscsi: {} differs from this run without regressions; update it with --bless",
+                opts.expectations.display()
+            );
+        }
+        println!(
+            "libiscsi: {} regressions against {}",
+            cmp.regressions.len(),
+            opts.expectations.display()
+        );
+        result.ok = healthy && cmp.is_ok();
+    }
+    Ok(result)
+}
+
+/// `libiscsi-bin` version, for the blessed file's header.
+fn tool_versions() -> String {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=libiscsi-bin ${Version}", "libiscsi-bin"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "libiscsi-bin version unknown".to_owned())
+}

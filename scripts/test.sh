@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# The Locus test command: everything CI runs (.ci/run execs this).
+#
+#   1. scripts/install-test-deps.sh  (apt-get only for what is missing)
+#   2. cargo build --workspace --release --bins
+#   3. cargo test --workspace --release   (unit + integration; same profile)
+#   4. cargo run --release -p conformance -- all
+#        libiscsi iscsi-test-cu, qemu-img/qemu-io, kernel initiator (plain,
+#        CHAP, digests), each against a fresh locusd
+#
+# Ends with one line "N passed, N failed, N skipped" summed over all steps
+# and exits nonzero if any step failed. Logs: target/test-logs/.
+# Extra arguments go to the conformance binary's `all` subcommand (for
+# example --modes plain to run only the plain kernel-initiator mode).
+set -uo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 1
+LOGS=target/test-logs
+mkdir -p "$LOGS"
+PASSED=0 FAILED=0 SKIPPED=0
+FAILED_STEPS=()
+START=$SECONDS
+
+say() { printf '\n==> [%4ds] %s\n' $((SECONDS - START)) "$*"; }
+step_failed() { FAILED_STEPS+=("$1"); }
+
+# A step whose exit status is bad but whose output counted no failure still
+# counts as one failure, so the final line never hides it.
+count_step_failure() {  # count_step_failure NAME RC FAILED_BEFORE
+  if [[ $2 != 0 ]]; then
+    step_failed "$1"
+    [[ $FAILED -gt $3 ]] || FAILED=$((FAILED + 1))
+  fi
+}
+
+say "installing test dependencies (scripts/install-test-deps.sh)"
+if [[ $(id -u) == 0 ]]; then
+  bash scripts/install-test-deps.sh
+elif command -v sudo >/dev/null; then
+  sudo -n bash scripts/install-test-deps.sh
+else
+  echo "not root and no sudo: cannot install test dependencies" >&2
+  false
+fi
+rc=$?
+count_step_failure install-test-deps "$rc" "$FAILED"
+
+say "cargo build --workspace --release --bins"
+cargo build --workspace --release --bins 2>&1 | tee "$LOGS/build.log"
+rc=${PIPESTATUS[0]}
+count_step_failure build "$rc" "$FAILED"
+
+say "cargo test --workspace --release"
+before=$FAILED
+cargo test --workspace --release 2>&1 | tee "$LOGS/cargo-test.log"
+rc=${PIPESTATUS[0]}
+# "test result: ok. 17 passed; 0 failed; 1 ignored; ..."
+read -r p f i < <(awk '/^test result:/ {
+    for (k = 1; k <= NF; k++) {
+      if ($(k + 1) ~ /^passed;?$/) p += $k
+      if ($(k + 1) ~ /^failed;?$/) f += $k
+      if ($(k + 1) ~ /^ignored;?$/) i += $k
+    }
+  } END { print p + 0, f + 0, i + 0 }' "$LOGS/cargo-test.log")
+PASSED=$((PASSED + p)) FAILED=$((FAILED + f)) SKIPPED=$((SKIPPED + i))
+echo "cargo test: $p passed, $f failed, $i skipped (ignored)"
+count_step_failure cargo-test "$rc" "$before"
+
+say "cargo run --release -p conformance -- all $*"
+before=$FAILED
+cargo run --release -p conformance -- all "$@" 2>&1 | tee "$LOGS/conformance.log"
+rc=${PIPESTATUS[0]}
+# Suite lines: "libiscsi: 190 passed, 0 failed, 40 skipped"
+read -r p f s < <(awk '/^(libiscsi|qemu|kernel): [0-9]+ passed, [0-9]+ failed, [0-9]+ skipped$/ {
+    p += $2; f += $4; s += $6 } END { print p + 0, f + 0, s + 0 }' "$LOGS/conformance.log")
+PASSED=$((PASSED + p)) FAILED=$((FAILED + f)) SKIPPED=$((SKIPPED + s))
+count_step_failure conformance "$rc" "$before"
+
+say "summary ($((SECONDS - START)) s; logs in $LOGS/)"
+if [[ ${#FAILED_STEPS[@]} -gt 0 ]]; then
+  echo "failed steps: ${FAILED_STEPS[*]}"
+  if grep -q 'the locusd binary is not at' "$LOGS/conformance.log" 2>/dev/null; then
+    echo "note: the conformance suites could not start locusd (see above): the build did not produce target/release/locusd"
+  fi
+fi
+echo "$PASSED passed, $FAILED failed, $SKIPPED skipped"
+[[ ${#FAILED_STEPS[@]} -eq 0 && $FAILED -eq 0 ]]
