@@ -113,9 +113,11 @@ pub enum Bhs {
 pub struct Ahs {
     /// AHSType: 1 extended CDB, 2 expected bidirectional read data length.
     pub ahs_type: u8,
-    /// The AHS-specific byte.
+    /// The AHS-specific byte (reserved in both AHS types RFC 7143 defines).
     pub specific: u8,
-    /// The AHS payload (AHSLength bytes, without padding).
+    /// The AHS payload after the AHS-specific byte, without padding. On the
+    /// wire AHSLength counts the AHS-specific byte too, so it is
+    /// `data.len() + 1` (RFC 7143 §11.2.2.2: "excluding AHSType and AHSLength").
     pub data: Bytes,
 }
 
@@ -132,17 +134,23 @@ impl Ahs {
             if area.len() < 4 {
                 return Err(PduError::BadAhs("AHS header truncated"));
             }
+            // AHSLength covers the AHS-specific byte and the payload, but not
+            // the AHSLength and AHSType fields (RFC 7143 §11.2.2.2), so an AHS
+            // occupies 3 + AHSLength bytes, padded to a multiple of 4.
             let len = usize::from(u16::from_be_bytes([area[0], area[1]]));
-            let padded = (len + 3) & !3;
-            if 4 + padded > area.len() {
+            if len == 0 {
+                return Err(PduError::BadAhs("AHSLength 0 has no AHS-specific byte"));
+            }
+            let padded = (3 + len + 3) & !3;
+            if padded > area.len() {
                 return Err(PduError::BadAhs("AHSLength runs past TotalAHSLength"));
             }
             out.push(Ahs {
                 ahs_type: area[2],
                 specific: area[3],
-                data: Bytes::copy_from_slice(&area[4..4 + len]),
+                data: Bytes::copy_from_slice(&area[4..3 + len]),
             });
-            area = &area[4 + padded..];
+            area = &area[padded..];
         }
         Ok(out)
     }
@@ -152,8 +160,9 @@ impl Ahs {
     }
 
     fn encode(&self, out: &mut BytesMut) {
-        // AHSLength is 16 bits; callers build AHSs from CDBs (at most 260 bytes).
-        out.put_u16(self.data.len() as u16);
+        // AHSLength is 16 bits and counts the AHS-specific byte; callers build
+        // AHSs from CDBs (at most 260 bytes).
+        out.put_u16((self.data.len() + 1) as u16);
         out.put_u8(self.ahs_type);
         out.put_u8(self.specific);
         out.put_slice(&self.data);
