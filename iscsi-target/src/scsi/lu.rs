@@ -147,6 +147,16 @@ impl LuState {
         }
     }
 
+    /// Drop one pending UA of a nexus (REPORT LUNS clears 3F/0E).
+    pub fn clear_ua(&mut self, nexus: u64, ua: (u8, u8)) {
+        if let Some(q) = self.ua.get_mut(&nexus) {
+            q.retain(|&u| u != ua);
+            if q.is_empty() {
+                self.ua.remove(&nexus);
+            }
+        }
+    }
+
     fn pop_ua(&mut self, nexus: u64) -> Option<Sense> {
         let q = self.ua.get_mut(&nexus)?;
         let (asc, ascq) = q.pop_front()?;

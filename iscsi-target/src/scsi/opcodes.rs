@@ -260,12 +260,30 @@ pub fn has_service_action(opcode: u8) -> bool {
     OPCODES.iter().any(|o| o.opcode == opcode && o.sa.is_some())
 }
 
+/// Index of the first table row of each opcode (`u16::MAX`: unsupported).
+fn first_row() -> &'static [u16; 256] {
+    static INDEX: std::sync::OnceLock<[u16; 256]> = std::sync::OnceLock::new();
+    INDEX.get_or_init(|| {
+        let mut idx = [u16::MAX; 256];
+        for (i, o) in OPCODES.iter().enumerate().rev() {
+            idx[usize::from(o.opcode)] = i as u16;
+        }
+        idx
+    })
+}
+
 /// Find the table row for `opcode` / `sa` (`sa` ignored for opcodes without).
 pub fn find(opcode: u8, sa: u8) -> Lookup {
+    // Rows of one opcode are contiguous; start at the first one (O(1) for
+    // the READ/WRITE hot path instead of a scan of the whole table).
+    let start = match first_row()[usize::from(opcode)] {
+        u16::MAX => return Lookup::UnknownOpcode,
+        i => usize::from(i),
+    };
     let mut seen = false;
-    for o in OPCODES {
+    for o in &OPCODES[start..] {
         if o.opcode != opcode {
-            continue;
+            break;
         }
         seen = true;
         match o.sa {

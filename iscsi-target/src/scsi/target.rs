@@ -35,20 +35,35 @@ impl ScsiTarget {
         &self.name
     }
 
-    /// Add or replace a LU.
+    /// Add or replace a LU. The other LUs queue REPORTED LUNS DATA HAS
+    /// CHANGED (06/3F/0E) for their nexuses (SPC-4 6.33).
     pub fn add_lun(&self, lun: u64, lu: Arc<LogicalUnit>) {
         self.luns
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(lun, lu);
+            .insert(lun, Arc::clone(&lu));
+        self.inventory_changed(&lu);
     }
 
-    /// Remove a LU; commands in flight keep their `Arc`.
+    /// Remove a LU; commands in flight keep their `Arc`. The remaining LUs
+    /// queue REPORTED LUNS DATA HAS CHANGED for their nexuses.
     pub fn remove_lun(&self, lun: u64) {
-        self.luns
+        let gone = self
+            .luns
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&lun);
+        if let Some(gone) = gone {
+            self.inventory_changed(&gone);
+        }
+    }
+
+    fn inventory_changed(&self, except: &Arc<LogicalUnit>) {
+        for lu in self.all() {
+            if !Arc::ptr_eq(&lu, except) {
+                lu.lock().ua_others(None, sense::UA_LUNS_CHANGED);
+            }
+        }
     }
 
     /// The LU at `lun`, if any.
@@ -107,7 +122,12 @@ impl ScsiTarget {
             target: self,
         };
         let result = match (&lu, info.opcode) {
-            (_, REPORT_LUNS) => self.report_luns(&req.cdb),
+            (lu, REPORT_LUNS) => {
+                if let Some(lu) = lu {
+                    lu.lock().clear_ua(nexus.id, sense::UA_LUNS_CHANGED);
+                }
+                self.report_luns(&req.cdb)
+            }
             (Some(lu), _) => lu.execute(&ctx).await,
             (None, INQUIRY) => super::inquiry::inquiry_no_lun(&req.cdb),
             (None, REQUEST_SENSE) => Ok(request_sense_data(&req.cdb, sense::LUN_NOT_SUPPORTED)),
