@@ -22,7 +22,7 @@ mod target;
 mod thin;
 mod xcopy;
 
-pub use lu::{LogicalUnit, LunConfig, LunError};
+pub use lu::{naa_from, LogicalUnit, LunConfig, LunError};
 pub use sense::Sense;
 pub use target::ScsiTarget;
 
@@ -118,6 +118,17 @@ pub struct ScsiResponse {
 }
 
 impl ScsiResponse {
+    /// CHECK CONDITION with `sense` and no data, for failures a transport
+    /// detects before the command reaches the SCSI layer.
+    pub fn check_condition(sense: Sense) -> Self {
+        ScsiResponse {
+            status: ScsiStatus::CHECK_CONDITION,
+            sense: Some(sense.to_bytes()),
+            data_in: Bytes::new(),
+            residual: Residual::None,
+        }
+    }
+
     /// Decoded (key, asc, ascq) of the sense data, if any.
     pub fn sense_triple(&self) -> Option<(u8, u8, u8)> {
         let s = self.sense.as_ref()?;

@@ -151,6 +151,9 @@ pub const SPACE_ALLOC_FAILED: Sense = Sense::new(key::DATA_PROTECT, 0x27, 0x07);
 pub const UNRECOVERED_READ_ERROR: Sense = Sense::new(key::MEDIUM_ERROR, 0x11, 0x00);
 /// WRITE ERROR (03/0C/00).
 pub const WRITE_ERROR: Sense = Sense::new(key::MEDIUM_ERROR, 0x0c, 0x00);
+/// ABORTED COMMAND / DATA PHASE ERROR: the transport could not collect the
+/// command's data (e.g. a Data-Out out of sequence).
+pub const DATA_PHASE_ERROR: Sense = Sense::new(key::ABORTED_COMMAND, 0x4b, 0x00);
 /// INTERNAL TARGET FAILURE (04/44/00).
 pub const INTERNAL_TARGET_FAILURE: Sense = Sense::new(key::HARDWARE_ERROR, 0x44, 0x00);
 /// NO ADDITIONAL SENSE INFORMATION.
