@@ -216,6 +216,7 @@ pub static OPCODES: &[OpInfo] = &[
     op(PERSISTENT_RESERVE_OUT, Some(0x05), "PERSISTENT RESERVE OUT / PREEMPT AND ABORT", &PROUT_ROW, PROUT_XFER, Own),
     op(PERSISTENT_RESERVE_OUT, Some(0x06), "PERSISTENT RESERVE OUT / REGISTER AND IGNORE EXISTING KEY", &PROUT_ROW, PROUT_XFER, Own),
     op(EXTENDED_COPY, Some(0x00), "EXTENDED COPY(LID1)", &[0x83, 0x1f, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0], Xfer::Param { off: 10, size: 4 }, Write),
+    op(RECEIVE_COPY_RESULTS, Some(0x00), "RECEIVE COPY RESULTS / COPY STATUS", &[0x84, 0x1f, 0xff, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0], Xfer::In, Allowed),
     op(RECEIVE_COPY_RESULTS, Some(0x03), "RECEIVE COPY RESULTS / OPERATING PARAMETERS", &[0x84, 0x1f, 0xff, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0], Xfer::In, Allowed),
     op(READ_16, None, "READ(16)", &[0x88, 0x1e, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x3f, 0], Xfer::In, Read),
     op(COMPARE_AND_WRITE, None, "COMPARE AND WRITE", &[0x89, 0x1a, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0xff, 0x3f, 0], Xfer::Caw, Write),

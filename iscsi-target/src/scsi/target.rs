@@ -107,12 +107,25 @@ impl ScsiTarget {
         let spdtl = opcodes::data_out_len(info, &req.cdb, bs);
         // Data-Out beyond the expected length: the initiator cannot send it
         // (FCP-4 / RFC 7143: option b, no data transferred).
-        // COMPARE AND WRITE and WRITE SAME need exactly their Data-Out
-        // (SBC-3 5.2, 5.44): any other expected length is refused.
-        let exact = matches!(info.xfer, Xfer::Caw | Xfer::WriteSame) && spdtl > 0;
-        if spdtl > u64::from(req.expected_len) || (exact && spdtl != u64::from(req.expected_len)) {
-            let r = Fail::Check(sense::INVALID_FIELD_IN_IU);
-            return failed(&req, r, spdtl);
+        let edtl = u64::from(req.expected_len);
+        match info.xfer {
+            // COMPARE AND WRITE and WRITE SAME need exactly their Data-Out
+            // (SBC-3 5.2, 5.44); anything else is an invalid length field.
+            Xfer::Caw | Xfer::WriteSame if spdtl != edtl => {
+                let field = if info.xfer == Xfer::Caw { 13 } else { 7 };
+                let r = Fail::Check(Sense::invalid_cdb_field(field, None));
+                return failed(&req, r, spdtl);
+            }
+            // Block writes with less Data-Out than the CDB asks for write what
+            // arrived and report the overflow (FCP-4 9.4.2 option a).
+            Xfer::Blocks { .. } | Xfer::Blocks6 => {}
+            // Parameter lists cut short by the expected length: refuse, no
+            // data is used (option b).
+            _ if spdtl > edtl => {
+                let r = Fail::Check(sense::INVALID_FIELD_IN_IU);
+                return failed(&req, r, spdtl);
+            }
+            _ => {}
         }
         let ctx = Ctx {
             nexus,
