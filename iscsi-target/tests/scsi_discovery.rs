@@ -118,6 +118,7 @@ async fn unknown_lun_handling() {
     good(&r);
     assert_eq!((r.data_in[2], r.data_in[12]), (5, 0x25));
     // REPORT LUNS on any LUN lists the configured ones.
+    good(&exec(&t, &n, &[0, 0, 0, 0, 0, 0], 0, &[]).await);
     t.add_lun(300, lu_with(LunConfig::new("B")));
     let r = t
         .execute(&n, req(&[0xa0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0], 256))
@@ -126,7 +127,22 @@ async fn unknown_lun_handling() {
     assert_eq!(&r.data_in[0..4], &16u32.to_be_bytes());
     assert_eq!(&r.data_in[8..16], &[0, 0, 0, 0, 0, 0, 0, 0]);
     assert_eq!(&r.data_in[16..24], &[0x41, 0x2c, 0, 0, 0, 0, 0, 0]);
+    // LUN 0's nexus learns about the new LUN; REPORT LUNS clears the UA.
+    let on0 = |cdb: &[u8], len| ScsiRequest {
+        lun: 0,
+        cdb: Bytes::copy_from_slice(cdb),
+        expected_len: len,
+        data_out: Bytes::new(),
+        attr: TaskAttr::Simple,
+    };
+    let r = t.execute(&n, on0(&[0, 0, 0, 0, 0, 0], 0)).await;
+    check(&r, 6, 0x3f, 0x0e);
     t.remove_lun(300);
+    good(
+        &t.execute(&n, on0(&[0xa0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0], 256))
+            .await,
+    );
+    good(&t.execute(&n, on0(&[0, 0, 0, 0, 0, 0], 0)).await);
     let r = t
         .execute(&n, req(&[0xa0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0], 256))
         .await;

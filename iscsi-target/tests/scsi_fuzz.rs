@@ -55,3 +55,40 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+    /// Parameter-list commands with a consistent length and random payloads.
+    #[test]
+    fn random_parameter_lists_never_panic(
+        which in 0usize..6,
+        payload in proptest::collection::vec(any::<u8>(), 0..600),
+        flags in any::<u8>(),
+        two_nexus in any::<bool>(),
+    ) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let t = target();
+        let n = nexus(if two_nexus { 2 } else { 1 });
+        let len = payload.len();
+        let cdb: Vec<u8> = match which {
+            0 => { let mut c = vec![0x5f, flags & 0x07, flags, 0, 0, 0, 0, 0, 24, 0]; c[8] = 24; c }
+            1 => vec![0x15, 0x10, 0, 0, len.min(255) as u8, 0],
+            2 => { let mut c = vec![0x55, 0x10, 0, 0, 0, 0, 0, 0, 0, 0]; c[7..9].copy_from_slice(&(len as u16).to_be_bytes()); c }
+            3 => { let mut c = vec![0x42, 0, 0, 0, 0, 0, 0, 0, 0, 0]; c[7..9].copy_from_slice(&(len as u16).to_be_bytes()); c }
+            4 => { let mut c = vec![0u8; 16]; c[0] = 0x83; c[10..14].copy_from_slice(&(len as u32).to_be_bytes()); c }
+            _ => { let mut c = vec![0u8; 16]; c[0] = 0x89; c[13] = (len / 1024) as u8; c }
+        };
+        let expected = match which { 0 => 24, 1 => len.min(255), _ => len } as u32;
+        let mut data = payload;
+        data.resize(expected as usize, 0);
+        let r = rt.block_on(t.execute(&n, ScsiRequest {
+            lun: 0,
+            cdb: Bytes::from(cdb),
+            expected_len: expected,
+            data_out: Bytes::from(data),
+            attr: TaskAttr::Simple,
+        }));
+        prop_assert!(r.data_in.is_empty());
+        prop_assert_eq!(r.status == ScsiStatus::CHECK_CONDITION, r.sense.is_some());
+    }
+}

@@ -116,11 +116,29 @@ async fn residuals_follow_rfc7143() {
     let r = exec(&t, &n, &read10(0, 1), 200, &[]).await;
     assert_eq!(r.data_in.len(), 200);
     assert_eq!(r.residual, Residual::Overflow(312));
-    // WRITE one block with EDTL 200: rejected, nothing written, overflow.
+    // WRITE one block with EDTL 200: the 200 bytes sent are written, the
+    // rest of the block is untouched, GOOD with an overflow of 312.
     let r = exec(&t, &n, &write10(5, 1, false), 200, &[0xbb; 200]).await;
-    check(&r, 5, 0x0e, 0x03);
+    good(&r);
     assert_eq!(r.residual, Residual::Overflow(312));
-    assert!(read_blocks(&t, &n, 5, 1).await.iter().all(|&b| b == 0));
+    let b = read_blocks(&t, &n, 5, 1).await;
+    assert!(b[..200].iter().all(|&x| x == 0xbb));
+    assert!(b[200..].iter().all(|&x| x == 0));
+    // WRITE two blocks with EDTL one block: the first block is written.
+    let r = exec(&t, &n, &write10(10, 2, false), 512, &[0xdd; 512]).await;
+    good(&r);
+    assert_eq!(r.residual, Residual::Overflow(512));
+    let b = read_blocks(&t, &n, 10, 2).await;
+    assert!(b[..512].iter().all(|&x| x == 0xdd));
+    assert!(b[512..].iter().all(|&x| x == 0));
+    // EDTL 0: nothing written, overflow of one block.
+    let r = exec(&t, &n, &write10(8, 1, false), 0, &[]).await;
+    good(&r);
+    assert_eq!(r.residual, Residual::Overflow(512));
+    // A parameter list cut short by the expected length is refused.
+    let r = exec(&t, &n, &[0x5f, 0, 0, 0, 0, 0, 0, 0, 24, 0], 10, &[0; 10]).await;
+    check(&r, 5, 0x0e, 0x03);
+    assert_eq!(r.residual, Residual::Overflow(14));
     // WRITE one block with EDTL 1024: the block is written, underflow 512.
     let r = exec(&t, &n, &write10(5, 1, false), 1024, &[0xcc; 1024]).await;
     good(&r);
@@ -268,9 +286,13 @@ async fn caw_data_out_must_match_and_write_atomic_works() {
     cdb[0] = 0x89;
     cdb[13] = 1;
     // 4 blocks of Data-Out for NLB 1 (too much) and for NLB 3 (too little).
-    check(&exec(&t, &n, &cdb, 2048, &[0; 2048]).await, 5, 0x0e, 0x03);
+    check(&exec(&t, &n, &cdb, 2048, &[0; 2048]).await, 5, 0x24, 0);
     cdb[13] = 3;
-    check(&exec(&t, &n, &cdb, 2048, &[0; 2048]).await, 5, 0x0e, 0x03);
+    check(&exec(&t, &n, &cdb, 2048, &[0; 2048]).await, 5, 0x24, 0);
+    // NLB 0 with Data-Out is also a length mismatch.
+    cdb[13] = 0;
+    check(&exec(&t, &n, &cdb, 1024, &[0; 1024]).await, 5, 0x24, 0);
+    good(&exec(&t, &n, &cdb, 0, &[]).await);
     // WRITE ATOMIC(16): LBA in bytes 2..10, length in 12..14.
     let mut wa = [0u8; 16];
     wa[0] = 0x9c;
@@ -332,6 +354,20 @@ async fn extended_copy_block_to_block() {
     let p = xcopy_params(&naa, &[(0, 0, 8, 0, 100)]);
     good(&exec(&t, &n, &xcopy_cdb(p.len()), p.len() as u32, &p).await);
     assert_eq!(&read_blocks(&t, &n, 100, 8).await[..], &src[..]);
+    // The held results of list identifier 1 can be read once.
+    let mut cs = [0u8; 16];
+    cs[0] = 0x84;
+    cs[2] = 1;
+    cs[13] = 12;
+    let r = exec(&t, &n, &cs, 12, &[]).await;
+    good(&r);
+    assert_eq!(r.data_in[4], 0x01, "completed without errors");
+    assert_eq!(u16::from_be_bytes([r.data_in[5], r.data_in[6]]), 1);
+    assert_eq!(
+        u32::from_be_bytes(r.data_in[8..12].try_into().unwrap()),
+        8 * 512
+    );
+    check(&exec(&t, &n, &cs, 12, &[]).await, 5, 0x24, 0);
     // Truncated parameter list, bad index, beyond capacity, unknown designator.
     check(
         &exec(&t, &n, &xcopy_cdb(40), 40, &p[..40]).await,

@@ -82,14 +82,14 @@ async fn write_same_pattern_and_unmap() {
     check(
         &exec(&t, &n, &ws16(0, 1, 0), 1024, &[0; 1024]).await,
         5,
-        0x0e,
-        0x03,
+        0x24,
+        0,
     );
     check(
         &exec(&t, &n, &ws16(0, 1, 0), 256, &[0; 256]).await,
         5,
-        0x0e,
-        0x03,
+        0x24,
+        0,
     );
     check(
         &exec(&t, &n, &ws16(0, 1, 0x10), 512, &block).await,

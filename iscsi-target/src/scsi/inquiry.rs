@@ -6,7 +6,7 @@ use bytes::Bytes;
 use super::cdb::{be16, be32, be64, u8_at};
 use super::lu::{
     truncate, CmdResult, Ctx, LogicalUnit, MAX_CAW_BLOCKS, MAX_TRANSFER_BYTES, MAX_UNMAP_BLOCKS,
-    MAX_UNMAP_DESCRIPTORS, MAX_WRITE_SAME_BLOCKS,
+    MAX_UNMAP_DESCRIPTORS, MAX_WRITE_SAME_BYTES,
 };
 use super::sense::Sense;
 
@@ -146,7 +146,7 @@ fn block_limits(lu: &LogicalUnit) -> Vec<u8> {
         v[20..24].copy_from_slice(&MAX_UNMAP_DESCRIPTORS.to_be_bytes());
         v[24..28].copy_from_slice(&u32::from(gran).to_be_bytes());
     }
-    v[32..40].copy_from_slice(&MAX_WRITE_SAME_BLOCKS.to_be_bytes());
+    v[32..40].copy_from_slice(&(MAX_WRITE_SAME_BYTES / bs).to_be_bytes());
     // WRITE ATOMIC(16): MAXIMUM ATOMIC TRANSFER LENGTH, alignment 1, granularity 1.
     v[40..44].copy_from_slice(&max_xfer.to_be_bytes());
     v[44..48].copy_from_slice(&1u32.to_be_bytes());

@@ -17,8 +17,10 @@ use crate::storage::{BlockBackend, StorageError, StorageErrorKind};
 
 /// Largest READ/WRITE transfer accepted, in bytes (VPD B0 MAXIMUM TRANSFER LENGTH).
 pub(crate) const MAX_TRANSFER_BYTES: u64 = 8 << 20;
-/// Largest WRITE SAME, in logical blocks (VPD B0).
-pub(crate) const MAX_WRITE_SAME_BLOCKS: u64 = 1 << 16;
+/// Largest WRITE SAME, in bytes of the range written (VPD B0 MAXIMUM WRITE
+/// SAME LENGTH is this over the block size, the same as the maximum
+/// transfer length: initiators may verify a WRITE SAME with one READ).
+pub(crate) const MAX_WRITE_SAME_BYTES: u64 = MAX_TRANSFER_BYTES;
 /// Largest UNMAP LBA count (VPD B0).
 pub(crate) const MAX_UNMAP_BLOCKS: u64 = 1 << 20;
 /// Largest number of UNMAP block descriptors (VPD B0).
@@ -123,6 +125,9 @@ pub(crate) struct LuState {
     pub legacy: Option<u64>,
     /// Persistent reservations.
     pub pr: PrState,
+    /// Held EXTENDED COPY results per (nexus, list identifier):
+    /// (segments processed, bytes copied) (SPC-4 6.18.3).
+    pub copies: HashMap<(u64, u8), (u16, u64)>,
 }
 
 impl LuState {
@@ -144,6 +149,16 @@ impl LuState {
         let q = self.ua.entry(nexus).or_default();
         if !q.contains(&ua) {
             q.push_back(ua);
+        }
+    }
+
+    /// Drop one pending UA of a nexus (REPORT LUNS clears 3F/0E).
+    pub fn clear_ua(&mut self, nexus: u64, ua: (u8, u8)) {
+        if let Some(q) = self.ua.get_mut(&nexus) {
+            q.retain(|&u| u != ua);
+            if q.is_empty() {
+                self.ua.remove(&nexus);
+            }
         }
     }
 
@@ -302,6 +317,7 @@ impl LogicalUnit {
         }
         st.known.remove(&nexus);
         st.port_of.remove(&nexus);
+        st.copies.retain(|(n, _), _| *n != nexus);
         st.ua.remove(&nexus);
     }
 
@@ -364,8 +380,8 @@ impl LogicalUnit {
             WRITE_SAME_10 | WRITE_SAME_16 => thin::write_same(self, ctx).await,
             UNMAP => thin::unmap(self, ctx).await,
             COMPARE_AND_WRITE => rw::compare_and_write(self, ctx).await,
-            EXTENDED_COPY => super::xcopy::extended_copy(ctx).await,
-            RECEIVE_COPY_RESULTS => super::xcopy::receive_copy_results(ctx.cdb()),
+            EXTENDED_COPY => super::xcopy::extended_copy(self, ctx).await,
+            RECEIVE_COPY_RESULTS => super::xcopy::receive_copy_results(self, ctx),
             ORWRITE_16 => rw::orwrite(self, ctx).await,
             VERIFY_10 | VERIFY_12 | VERIFY_16 => rw::verify(self, ctx).await,
             _ => rw::read_write(self, ctx).await,

@@ -216,6 +216,7 @@ pub static OPCODES: &[OpInfo] = &[
     op(PERSISTENT_RESERVE_OUT, Some(0x05), "PERSISTENT RESERVE OUT / PREEMPT AND ABORT", &PROUT_ROW, PROUT_XFER, Own),
     op(PERSISTENT_RESERVE_OUT, Some(0x06), "PERSISTENT RESERVE OUT / REGISTER AND IGNORE EXISTING KEY", &PROUT_ROW, PROUT_XFER, Own),
     op(EXTENDED_COPY, Some(0x00), "EXTENDED COPY(LID1)", &[0x83, 0x1f, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0], Xfer::Param { off: 10, size: 4 }, Write),
+    op(RECEIVE_COPY_RESULTS, Some(0x00), "RECEIVE COPY RESULTS / COPY STATUS", &[0x84, 0x1f, 0xff, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0], Xfer::In, Allowed),
     op(RECEIVE_COPY_RESULTS, Some(0x03), "RECEIVE COPY RESULTS / OPERATING PARAMETERS", &[0x84, 0x1f, 0xff, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0], Xfer::In, Allowed),
     op(READ_16, None, "READ(16)", &[0x88, 0x1e, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x3f, 0], Xfer::In, Read),
     op(COMPARE_AND_WRITE, None, "COMPARE AND WRITE", &[0x89, 0x1a, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0xff, 0x3f, 0], Xfer::Caw, Write),
@@ -260,12 +261,30 @@ pub fn has_service_action(opcode: u8) -> bool {
     OPCODES.iter().any(|o| o.opcode == opcode && o.sa.is_some())
 }
 
+/// Index of the first table row of each opcode (`u16::MAX`: unsupported).
+fn first_row() -> &'static [u16; 256] {
+    static INDEX: std::sync::OnceLock<[u16; 256]> = std::sync::OnceLock::new();
+    INDEX.get_or_init(|| {
+        let mut idx = [u16::MAX; 256];
+        for (i, o) in OPCODES.iter().enumerate().rev() {
+            idx[usize::from(o.opcode)] = i as u16;
+        }
+        idx
+    })
+}
+
 /// Find the table row for `opcode` / `sa` (`sa` ignored for opcodes without).
 pub fn find(opcode: u8, sa: u8) -> Lookup {
+    // Rows of one opcode are contiguous; start at the first one (O(1) for
+    // the READ/WRITE hot path instead of a scan of the whole table).
+    let start = match first_row()[usize::from(opcode)] {
+        u16::MAX => return Lookup::UnknownOpcode,
+        i => usize::from(i),
+    };
     let mut seen = false;
-    for o in OPCODES {
+    for o in &OPCODES[start..] {
         if o.opcode != opcode {
-            continue;
+            break;
         }
         seen = true;
         match o.sa {

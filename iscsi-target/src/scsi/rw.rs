@@ -75,6 +75,14 @@ pub(crate) async fn read_write(lu: &LogicalUnit, ctx: &Ctx<'_>) -> CmdResult {
         let _g = lu.io_lock.read().await;
         return lu.backend.read(off, len).await.map_err(read_error);
     }
+    // An expected length shorter than the transfer length truncates the
+    // write to what was sent (the residual reports the overflow).
+    let sent = ctx.req.data_out.len().min(len);
+    let len = if (ctx.req.expected_len as usize) < len {
+        sent
+    } else {
+        len
+    };
     let data = data_out(ctx, len)?;
     if len == 0 {
         return Ok(Bytes::new());

@@ -35,20 +35,35 @@ impl ScsiTarget {
         &self.name
     }
 
-    /// Add or replace a LU.
+    /// Add or replace a LU. The other LUs queue REPORTED LUNS DATA HAS
+    /// CHANGED (06/3F/0E) for their nexuses (SPC-4 6.33).
     pub fn add_lun(&self, lun: u64, lu: Arc<LogicalUnit>) {
         self.luns
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(lun, lu);
+            .insert(lun, Arc::clone(&lu));
+        self.inventory_changed(&lu);
     }
 
-    /// Remove a LU; commands in flight keep their `Arc`.
+    /// Remove a LU; commands in flight keep their `Arc`. The remaining LUs
+    /// queue REPORTED LUNS DATA HAS CHANGED for their nexuses.
     pub fn remove_lun(&self, lun: u64) {
-        self.luns
+        let gone = self
+            .luns
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&lun);
+        if let Some(gone) = gone {
+            self.inventory_changed(&gone);
+        }
+    }
+
+    fn inventory_changed(&self, except: &Arc<LogicalUnit>) {
+        for lu in self.all() {
+            if !Arc::ptr_eq(&lu, except) {
+                lu.lock().ua_others(None, sense::UA_LUNS_CHANGED);
+            }
+        }
     }
 
     /// The LU at `lun`, if any.
@@ -92,12 +107,25 @@ impl ScsiTarget {
         let spdtl = opcodes::data_out_len(info, &req.cdb, bs);
         // Data-Out beyond the expected length: the initiator cannot send it
         // (FCP-4 / RFC 7143: option b, no data transferred).
-        // COMPARE AND WRITE and WRITE SAME need exactly their Data-Out
-        // (SBC-3 5.2, 5.44): any other expected length is refused.
-        let exact = matches!(info.xfer, Xfer::Caw | Xfer::WriteSame) && spdtl > 0;
-        if spdtl > u64::from(req.expected_len) || (exact && spdtl != u64::from(req.expected_len)) {
-            let r = Fail::Check(sense::INVALID_FIELD_IN_IU);
-            return failed(&req, r, spdtl);
+        let edtl = u64::from(req.expected_len);
+        match info.xfer {
+            // COMPARE AND WRITE and WRITE SAME need exactly their Data-Out
+            // (SBC-3 5.2, 5.44); anything else is an invalid length field.
+            Xfer::Caw | Xfer::WriteSame if spdtl != edtl => {
+                let field = if info.xfer == Xfer::Caw { 13 } else { 7 };
+                let r = Fail::Check(Sense::invalid_cdb_field(field, None));
+                return failed(&req, r, spdtl);
+            }
+            // Block writes with less Data-Out than the CDB asks for write what
+            // arrived and report the overflow (FCP-4 9.4.2 option a).
+            Xfer::Blocks { .. } | Xfer::Blocks6 => {}
+            // Parameter lists cut short by the expected length: refuse, no
+            // data is used (option b).
+            _ if spdtl > edtl => {
+                let r = Fail::Check(sense::INVALID_FIELD_IN_IU);
+                return failed(&req, r, spdtl);
+            }
+            _ => {}
         }
         let ctx = Ctx {
             nexus,
@@ -107,7 +135,12 @@ impl ScsiTarget {
             target: self,
         };
         let result = match (&lu, info.opcode) {
-            (_, REPORT_LUNS) => self.report_luns(&req.cdb),
+            (lu, REPORT_LUNS) => {
+                if let Some(lu) = lu {
+                    lu.lock().clear_ua(nexus.id, sense::UA_LUNS_CHANGED);
+                }
+                self.report_luns(&req.cdb)
+            }
             (Some(lu), _) => lu.execute(&ctx).await,
             (None, INQUIRY) => super::inquiry::inquiry_no_lun(&req.cdb),
             (None, REQUEST_SENSE) => Ok(request_sense_data(&req.cdb, sense::LUN_NOT_SUPPORTED)),

@@ -6,7 +6,7 @@ use bytes::{Bytes, BytesMut};
 use super::cdb::{be16, be32, be64, u8_at};
 use super::lu::{
     read_error, truncate, write_error, CmdResult, Ctx, LogicalUnit, MAX_UNMAP_BLOCKS,
-    MAX_UNMAP_DESCRIPTORS, MAX_WRITE_SAME_BLOCKS,
+    MAX_UNMAP_DESCRIPTORS, MAX_WRITE_SAME_BYTES,
 };
 use super::opcodes::code::*;
 use super::rw::data_out;
@@ -34,7 +34,7 @@ pub(crate) async fn write_same(lu: &LogicalUnit, ctx: &Ctx<'_>) -> CmdResult {
     } else {
         10
     };
-    if n == 0 || n > MAX_WRITE_SAME_BLOCKS {
+    if n == 0 || n > MAX_WRITE_SAME_BYTES / u64::from(lu.block_size) {
         return Err(Sense::invalid_cdb_field(len_field, None).into());
     }
     if unmap && !lu.cfg.thin {

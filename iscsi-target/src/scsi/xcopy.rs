@@ -30,9 +30,29 @@ const UNREACHABLE: Sense = Sense::new(key::COPY_ABORTED, 0x08, 0x04);
 /// COPY ABORTED / COPY TARGET DEVICE DATA OVERRUN (beyond capacity).
 const OVERRUN: Sense = Sense::new(key::COPY_ABORTED, 0x0d, 0x02);
 
-/// RECEIVE COPY RESULTS with OPERATING PARAMETERS (SPC-4 6.18.4).
-pub(crate) fn receive_copy_results(cdb: &[u8]) -> CmdResult {
+/// RECEIVE COPY RESULTS (SPC-4 6.18): COPY STATUS of a held list
+/// identifier (released once reported), or OPERATING PARAMETERS.
+pub(crate) fn receive_copy_results(lu: &LogicalUnit, ctx: &Ctx<'_>) -> CmdResult {
+    let cdb = ctx.cdb();
     let alloc = be32(cdb, 10);
+    if ctx.info.sa == Some(0x00) {
+        let list_id = cdb[2];
+        let Some((segments, bytes)) = lu.lock().copies.remove(&(ctx.nexus.id, list_id)) else {
+            return Err(Sense::invalid_cdb_field(2, None).into());
+        };
+        let mut d = [0u8; 12];
+        d[0..4].copy_from_slice(&8u32.to_be_bytes());
+        d[4] = 0x01; // COPY MANAGER STATUS: completed without errors
+        d[5..7].copy_from_slice(&segments.to_be_bytes());
+        // TRANSFER COUNT in bytes (units 00h) or KiB (F1h) when larger.
+        let (units, count) = match u32::try_from(bytes) {
+            Ok(b) => (0x00, b),
+            Err(_) => (0xf1, u32::try_from(bytes >> 10).unwrap_or(u32::MAX)),
+        };
+        d[7] = units;
+        d[8..12].copy_from_slice(&count.to_be_bytes());
+        return Ok(truncate(Bytes::copy_from_slice(&d), alloc));
+    }
     let codes = [SEG_B2B, SEG_B2B_OFF, TGT_IDENT];
     let mut d = vec![0u8; 44];
     d[8..10].copy_from_slice(&MAX_TARGET_DESCS.to_be_bytes());
@@ -89,7 +109,7 @@ fn resolve(ctx: &Ctx<'_>, desc: &[u8]) -> Result<Arc<LogicalUnit>, Fail> {
 }
 
 /// EXTENDED COPY (LID1) (SPC-4 6.4).
-pub(crate) async fn extended_copy(ctx: &Ctx<'_>) -> CmdResult {
+pub(crate) async fn extended_copy(lu: &LogicalUnit, ctx: &Ctx<'_>) -> CmdResult {
     let plen = be32(ctx.cdb(), 10) as usize;
     if plen == 0 {
         return Ok(Bytes::new());
@@ -208,6 +228,10 @@ pub(crate) async fn extended_copy(ctx: &Ctx<'_>) -> CmdResult {
             len,
         });
     }
+    let list_id = p[0];
+    let hold = (p[1] >> 3) & 3 < 2; // LIST ID USAGE 00b/01b: keep the results
+    let segments = plan.len() as u16;
+    let total: u64 = plan.iter().map(|s| s.len).sum();
     for s in plan {
         let (from, to) = (&lus[s.src], &lus[s.dst]);
         let fua = !to.write_cache_enabled();
@@ -228,6 +252,11 @@ pub(crate) async fn extended_copy(ctx: &Ctx<'_>) -> CmdResult {
                 .map_err(write_error)?;
             done += n;
         }
+    }
+    if hold {
+        lu.lock()
+            .copies
+            .insert((ctx.nexus.id, list_id), (segments, total));
     }
     Ok(Bytes::new())
 }
