@@ -1,10 +1,13 @@
 //! The embedded metadata store: one redb file, `DIR/metadata.redb`.
 //!
-//! Every operation opens the file, runs one redb transaction and closes it
-//! again, so that several processes (a daemon and the `locus` CLI) can share
-//! it: redb locks the file while it is open, and a busy file is retried for
-//! up to [`BUSY_TIMEOUT`]. redb commits are atomic and crash-safe (a torn
-//! write leaves the previous commit intact).
+//! redb locks the file while it is open. By default a handle keeps the file
+//! open for its lifetime, shared by every handle of the process on the same
+//! path (so the `locus` CLI opens it once per command). A long-running daemon
+//! that must let the CLI in calls [`EmbeddedStore::release_between_operations`]:
+//! each operation then opens the file, runs one transaction and closes it.
+//! A file locked by another process is retried for up to [`BUSY_TIMEOUT`].
+//! redb commits are atomic and crash-safe (a torn write leaves the previous
+//! commit intact).
 //!
 //! Tables:
 //! - `images`: name → JSON `{version, image}` (the header);
@@ -27,7 +30,9 @@ use crate::types::{ImageName, NodeId};
 use async_trait::async_trait;
 use redb::{Database, ReadableTable, TableDefinition, WriteTransaction};
 use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 const IMAGES: TableDefinition<&str, &str> = TableDefinition::new("images");
@@ -45,10 +50,26 @@ pub const CHANGE_LOG_LEN: u64 = 1024;
 pub const FILE_NAME: &str = "metadata.redb";
 
 /// Handle on an embedded store. Cheap to clone; each clone is independent.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct EmbeddedStore {
     path: PathBuf,
     poll_interval: Duration,
+    held: Option<Arc<Database>>,
+}
+
+impl std::fmt::Debug for EmbeddedStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedStore")
+            .field("path", &self.path)
+            .field("held", &self.held.is_some())
+            .finish()
+    }
+}
+
+/// Databases open in this process, by path, shared by all handles.
+fn registry() -> &'static Mutex<HashMap<PathBuf, Weak<Database>>> {
+    static R: OnceLock<Mutex<HashMap<PathBuf, Weak<Database>>>> = OnceLock::new();
+    R.get_or_init(|| Mutex::new(HashMap::new()))
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -65,11 +86,14 @@ impl EmbeddedStore {
             store: dir.display().to_string(),
             why: format!("cannot create the data directory: {e}"),
         })?;
-        let s = Self {
-            path: dir.join(FILE_NAME),
+        let path = dir.join(FILE_NAME);
+        let path = path.canonicalize().unwrap_or(path);
+        let mut s = Self {
+            path,
             poll_interval: Duration::from_millis(50),
+            held: None,
         };
-        let db = s.open_db()?;
+        let db = s.shared_db()?;
         let tx = db.begin_write().map_err(|e| s.corrupt(e))?;
         tx.open_table(IMAGES).map_err(|e| s.corrupt(e))?;
         tx.open_table(RUNS).map_err(|e| s.corrupt(e))?;
@@ -78,7 +102,26 @@ impl EmbeddedStore {
         tx.open_table(CHANGES).map_err(|e| s.corrupt(e))?;
         tx.open_table(META).map_err(|e| s.corrupt(e))?;
         tx.commit().map_err(|e| s.corrupt(e))?;
+        s.held = Some(db);
         Ok(s)
+    }
+
+    /// Opens the file once per process and shares it between handles.
+    fn shared_db(&self) -> Result<Arc<Database>> {
+        let mut reg = registry().lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(db) = reg.get(&self.path).and_then(Weak::upgrade) {
+            return Ok(db);
+        }
+        let db = Arc::new(self.open_db()?);
+        reg.insert(self.path.clone(), Arc::downgrade(&db));
+        Ok(db)
+    }
+
+    /// Stops holding the file open: every operation opens and closes it, so
+    /// other processes can use the store in between (slower).
+    pub fn release_between_operations(mut self) -> Self {
+        self.held = None;
+        self
     }
 
     /// The store file.
@@ -136,9 +179,12 @@ impl EmbeddedStore {
         f: impl FnOnce(&Self, &Database) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         let me = self.clone();
-        tokio::task::spawn_blocking(move || {
-            let db = me.open_db()?;
-            f(&me, &db)
+        tokio::task::spawn_blocking(move || match &me.held {
+            Some(db) => f(&me, db),
+            None => {
+                let db = me.open_db()?;
+                f(&me, &db)
+            }
         })
         .await
         .map_err(|e| Error::Unavailable {
