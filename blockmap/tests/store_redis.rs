@@ -143,4 +143,27 @@ async fn terabyte_image_is_small_and_changes_are_o1() {
     let r = s.load_image(&name).await.unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(r.placement.runs().len(), 3);
     assert_eq!(r.dirty.get(&n("c")).map(|b| b.count()), Some(1));
+    let mem = s
+        .image_memory_usage(&name)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        mem < 64 << 10,
+        "one dirty bit far into the image costs {mem} bytes"
+    );
+    // Clearing removes every bitmap key.
+    ops::mark_bytes(&*s, &name, &n("c"), 700 << 30, 4096, false)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let client = redis::Client::open(srv.url.as_str()).unwrap_or_else(|e| panic!("{e}"));
+    let mut con = client
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("locus:oos:*")
+        .query_async(&mut con)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(keys.is_empty(), "{keys:?}");
 }

@@ -7,7 +7,8 @@
 //! | `locus:images` | set | names of all images |
 //! | `locus:image:{name}` | hash | `version` (integer), `header` (JSON [`Image`]) |
 //! | `locus:image:{name}:runs` | hash | start block → `end;node=s,node=s` ([`crate::placement::Run`]) |
-//! | `locus:oos:{name}:{node}` | string | dirty bitmap, bit *i* = granularity unit *i* (`SETBIT`/`BITCOUNT`/`BITPOS` order); absent when clean |
+//! | `locus:oos:{name}:{node}:{chunk}` | string | dirty bitmap chunk *k*: bit *j* is granularity unit *k*·65536+*j* (`SETBIT`/`BITCOUNT`/`BITPOS` order); absent when clean |
+//! | `locus:oos:{name}:{node}:chunks` | set | indexes of the chunks that exist |
 //! | `locus:nodes` | hash | node id → `version JSON` |
 //! | `locus:targets` | hash | IQN → `version JSON` |
 //! | `locus:stats` | hash | image name → `version JSON` |
@@ -16,6 +17,9 @@
 //! A fresh 1 TiB image with three locations is two small hashes (one run),
 //! a few hundred bytes. Changing one block's state writes at most three run
 //! fields; marking bytes dirty writes a `SETRANGE` of the changed bitmap bytes.
+//! Bitmaps are split into [`CHUNK_BYTES`] chunks, so one dirty bit costs at
+//! most 8 KiB of Redis memory wherever it lies (a flat bitmap would allocate
+//! every byte before it: 2 MiB per location for 1 TiB at 64 KiB).
 //!
 //! # Atomicity
 //!
@@ -52,8 +56,24 @@ fn image_key(name: &str) -> String {
 fn runs_key(name: &str) -> String {
     format!("locus:image:{name}:runs")
 }
-fn oos_key(name: &str, node: &str) -> String {
-    format!("locus:oos:{name}:{node}")
+/// Bytes per bitmap chunk: 65,536 bits, 4 GiB of image at 64 KiB granularity.
+pub const CHUNK_BYTES: usize = 8192;
+
+fn chunk_key(name: &str, node: &str, chunk: usize) -> String {
+    format!("locus:oos:{name}:{node}:{chunk}")
+}
+fn chunks_key(name: &str, node: &str) -> String {
+    format!("locus:oos:{name}:{node}:chunks")
+}
+
+/// Indexes of the chunks of `bm` that have a bit set.
+fn dirty_chunks(bm: &DirtyBitmap) -> Vec<usize> {
+    bm.as_bytes()
+        .chunks(CHUNK_BYTES)
+        .enumerate()
+        .filter(|(_, c)| c.iter().any(|b| *b != 0))
+        .map(|(i, _)| i)
+        .collect()
 }
 fn doc_key(kind: DocKind) -> String {
     format!("locus:{}", kind.as_str())
@@ -179,19 +199,42 @@ impl RedisStore {
         if !diff.runs_set.is_empty() {
             pipe.hset_multiple(runs_key(name), &diff.runs_set).ignore();
         }
-        for (node, ch) in &diff.bitmaps {
-            let key = oos_key(name, node.as_str());
+        let empty = DirtyBitmap::default();
+        for (node_id, ch) in &diff.bitmaps {
+            let node = node_id.as_str();
+            let set = chunks_key(name, node);
             match ch {
                 BitmapChange::Delete => {
-                    pipe.del(key).ignore();
+                    let oldb = old.dirty.get(node_id).unwrap_or(&empty);
+                    for c in dirty_chunks(oldb) {
+                        pipe.del(chunk_key(name, node, c)).ignore();
+                    }
+                    pipe.del(&set).ignore();
                 }
                 BitmapChange::Spans(spans) => {
+                    let newb = new.dirty.get(node_id).unwrap_or(&empty).as_bytes();
                     for (off, bytes) in spans {
-                        pipe.cmd("SETRANGE")
-                            .arg(&key)
-                            .arg(*off)
-                            .arg(bytes.as_slice())
-                            .ignore();
+                        let (mut off, mut bytes) = (*off, bytes.as_slice());
+                        while !bytes.is_empty() {
+                            let c = off / CHUNK_BYTES;
+                            let local = off % CHUNK_BYTES;
+                            let take = bytes.len().min(CHUNK_BYTES - local);
+                            let lo = (c * CHUNK_BYTES).min(newb.len());
+                            let hi = ((c + 1) * CHUNK_BYTES).min(newb.len());
+                            if newb[lo..hi].iter().all(|b| *b == 0) {
+                                pipe.del(chunk_key(name, node, c)).ignore();
+                                pipe.srem(&set, c).ignore();
+                            } else {
+                                pipe.cmd("SETRANGE")
+                                    .arg(chunk_key(name, node, c))
+                                    .arg(local)
+                                    .arg(&bytes[..take])
+                                    .ignore();
+                                pipe.sadd(&set, c).ignore();
+                            }
+                            off += take;
+                            bytes = &bytes[take..];
+                        }
                     }
                 }
             }
@@ -204,11 +247,15 @@ impl RedisStore {
         let mut con = self.con.clone();
         let rec = self.load_image(name).await?;
         let mut keys = vec![image_key(name.as_str()), runs_key(name.as_str())];
-        keys.extend(
-            rec.location_nodes()
-                .iter()
-                .map(|n| oos_key(name.as_str(), n.as_str())),
-        );
+        for (node, bm) in &rec.dirty {
+            let node = node.as_str();
+            keys.push(chunks_key(name.as_str(), node));
+            keys.extend(
+                dirty_chunks(bm)
+                    .into_iter()
+                    .map(|c| chunk_key(name.as_str(), node, c)),
+            );
+        }
         let mut total = 0;
         for k in keys {
             let v: Option<u64> = redis::cmd("MEMORY")
@@ -326,25 +373,44 @@ impl MetadataStore for RedisStore {
             let mut rec = ImageRecord::from_parts(image, runs, BTreeMap::new(), version)?;
             let nodes: Vec<NodeId> = rec.location_nodes().into_iter().collect();
             let mut pipe = redis::pipe();
-            pipe.atomic().hget(image_key(n), "version");
             for node in &nodes {
-                pipe.get(oos_key(n, node.as_str()));
+                pipe.smembers(chunks_key(n, node.as_str()));
+            }
+            let chunk_lists: Vec<Vec<usize>> =
+                pipe.query_async(&mut con).await.map_err(|e| self.err(e))?;
+            let mut pipe = redis::pipe();
+            pipe.atomic().hget(image_key(n), "version");
+            let mut wanted = Vec::new();
+            for (node, chunks) in nodes.iter().zip(&chunk_lists) {
+                for c in chunks {
+                    pipe.get(chunk_key(n, node.as_str(), *c));
+                    wanted.push((node.clone(), *c));
+                }
             }
             let mut vals: Vec<Value> = pipe.query_async(&mut con).await.map_err(|e| self.err(e))?;
-            let bitmaps = vals.split_off(1.min(vals.len()));
+            let chunks = vals.split_off(1.min(vals.len()));
             let again: Option<u64> = vals
                 .first()
                 .and_then(|v| redis::from_redis_value(v).ok())
                 .flatten();
             if again != Some(version) {
-                continue; // changed between the two reads: read again
+                continue; // changed between the reads: read again
             }
-            for (node, v) in nodes.into_iter().zip(bitmaps) {
+            let mut raw: BTreeMap<NodeId, Vec<u8>> = BTreeMap::new();
+            for ((node, c), v) in wanted.into_iter().zip(chunks) {
                 if let Value::BulkString(bytes) = v {
-                    let bm = DirtyBitmap::from_bytes(bytes);
-                    if !bm.is_clean() {
-                        rec.dirty.insert(node, bm);
+                    let buf = raw.entry(node).or_default();
+                    let at = c * CHUNK_BYTES;
+                    if buf.len() < at + bytes.len() {
+                        buf.resize(at + bytes.len(), 0);
                     }
+                    buf[at..at + bytes.len()].copy_from_slice(&bytes);
+                }
+            }
+            for (node, bytes) in raw {
+                let bm = DirtyBitmap::from_bytes(bytes);
+                if !bm.is_clean() {
+                    rec.dirty.insert(node, bm);
                 }
             }
             return Ok(rec);
@@ -424,7 +490,14 @@ impl MetadataStore for RedisStore {
             .del(runs_key(n))
             .ignore();
         for node in nodes {
-            pipe.del(oos_key(n, node.as_str())).ignore();
+            let chunks: Vec<usize> = con
+                .smembers(chunks_key(n, node.as_str()))
+                .await
+                .map_err(|e| self.err(e))?;
+            for c in chunks {
+                pipe.del(chunk_key(n, node.as_str(), c)).ignore();
+            }
+            pipe.del(chunks_key(n, node.as_str())).ignore();
         }
         pipe.srem(IMAGES, n).ignore();
         Self::publish(&mut pipe, &Change::ImageDeleted { name: n.into() })?;
