@@ -54,7 +54,7 @@ async fn stale_commit_conflicts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn racing_writers_lose_nothing() {
     let d = tmp();
-    conformance::racing_writers_lose_nothing(open(&d), open(&d)).await;
+    conformance::racing_writers_lose_nothing(open(&d), open(&d), 25).await;
 }
 
 #[tokio::test]
@@ -77,4 +77,22 @@ async fn corrupt_file_is_named() {
     }
     // Nothing was overwritten.
     assert_eq!(std::fs::read(&path).ok(), Some(vec![0x5a; 8192]));
+}
+
+/// Handles that open the file per operation (as a daemon sharing the store
+/// with the CLI would) race without losing updates, and see each other's
+/// changes on the feed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn released_handles_race_and_feed() {
+    let (d1, d2) = (tmp(), tmp());
+    let released = |d: &tempfile::TempDir| -> Store {
+        Arc::new(
+            EmbeddedStore::open(d.path().to_path_buf())
+                .unwrap_or_else(|e| panic!("{e}"))
+                .release_between_operations()
+                .with_poll_interval(Duration::from_millis(10)),
+        )
+    };
+    conformance::change_feed_delivers(released(&d1), released(&d1)).await;
+    conformance::racing_writers_lose_nothing(released(&d2), released(&d2), 5).await;
 }

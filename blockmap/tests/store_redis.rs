@@ -60,7 +60,7 @@ async fn stale_commit_conflicts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn racing_writers_lose_nothing() {
     let srv = RedisServer::start();
-    conformance::racing_writers_lose_nothing(store(&srv).await, store(&srv).await).await;
+    conformance::racing_writers_lose_nothing(store(&srv).await, store(&srv).await, 25).await;
 }
 
 #[tokio::test]

@@ -297,17 +297,16 @@ pub async fn stale_commit_conflicts(s1: Store, s2: Store) {
 
 /// Two writers on separate handles racing read-modify-writes on one image:
 /// no update is lost.
-pub async fn racing_writers_lose_nothing(s1: Store, s2: Store) {
+pub async fn racing_writers_lose_nothing(s1: Store, s2: Store, rounds: u64) {
     add_nodes(&*s1, &["a", "b"]).await;
     let name = img("race");
     ops::create_image(&*s1, &spec("race", ByteSize::gib(1), &["a", "b"]))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    const N: u64 = 25;
     let writer = |s: Store, base: u64| {
         let name = name.clone();
         tokio::spawn(async move {
-            for i in 0..N {
+            for i in 0..rounds {
                 let b = base + i;
                 ops::set_sync_state(
                     &*s,
@@ -332,7 +331,7 @@ pub async fn racing_writers_lose_nothing(s1: Store, s2: Store) {
     x.unwrap_or_else(|e| panic!("{e}"));
     y.unwrap_or_else(|e| panic!("{e}"));
     let r = s1.load_image(&name).await.unwrap_or_else(|e| panic!("{e}"));
-    for b in (0..N).chain(100..100 + N) {
+    for b in (0..rounds).chain(100..100 + rounds) {
         assert_eq!(
             r.block_state(BlockIndex(b), &n("b")),
             Some(SyncState::Syncing),
@@ -340,11 +339,11 @@ pub async fn racing_writers_lose_nothing(s1: Store, s2: Store) {
         );
     }
     assert_eq!(
-        r.block_state(BlockIndex(N), &n("b")),
+        r.block_state(BlockIndex(rounds), &n("b")),
         Some(SyncState::InSync)
     );
-    assert_eq!(r.image.generation, 2 * N, "a generation bump was lost");
-    assert_eq!(r.version, 1 + 4 * N);
+    assert_eq!(r.image.generation, 2 * rounds, "a generation bump was lost");
+    assert_eq!(r.version, 1 + 4 * rounds);
 }
 
 /// A change made through one handle reaches a subscriber on another.
