@@ -218,6 +218,12 @@ fn workflow(m: &str) {
     let r = locus(m, &["image", "destroy", "vm1"]);
     assert_eq!(r.code, 3);
     assert!(r.stderr.contains("--force"), "{}", r.stderr);
+    locus(m, &["target", "lun", "remove", t, "--lun", "0"]).ok();
+    assert_eq!(
+        locus(m, &["target", "lun", "remove", t, "--lun", "0"]).code,
+        2
+    );
+    locus(m, &["target", "lun", "add", t, "vm1", "--lun", "3"]).ok();
     assert_eq!(locus(m, &["node", "remove", "a"]).code, 3);
     locus(m, &["image", "destroy", "vm1", "--force"]).ok();
     assert_eq!(locus(m, &["image", "info", "vm1"]).code, 2);

@@ -69,6 +69,14 @@ pub enum Error {
         /// The LUN number.
         lun: u64,
     },
+    /// The target has no such LUN.
+    #[error("target '{target}' has no LUN {lun} (see `locus target list`)")]
+    LunNotFound {
+        /// The target IQN.
+        target: String,
+        /// The LUN number.
+        lun: u64,
+    },
     /// The image is served by a target and `--force` was not given.
     #[error("image '{image}' is served by target(s) {targets}; remove the LUNs or use --force")]
     ImageInUse {
@@ -147,6 +155,7 @@ impl Error {
             Error::ImageNotFound(_)
             | Error::UnknownNode(_)
             | Error::TargetNotFound(_)
+            | Error::LunNotFound { .. }
             | Error::NotALocation { .. } => ErrorKind::NotFound,
             Error::ImageExists(_)
             | Error::NodeExists(_)

@@ -393,6 +393,18 @@ pub async fn add_lun(
         .1)
 }
 
+/// Unmaps a LUN; returns the image it served.
+pub async fn remove_lun(store: &dyn MetadataStore, iqn: &Iqn, lun: u64) -> Result<ImageName> {
+    Ok(update_target(store, iqn, |t| {
+        t.luns.remove(&lun).ok_or_else(|| Error::LunNotFound {
+            target: t.iqn.to_string(),
+            lun,
+        })
+    })
+    .await?
+    .1)
+}
+
 /// Allows an initiator to log in.
 pub async fn add_acl(store: &dyn MetadataStore, iqn: &Iqn, initiator: &Iqn) -> Result<Target> {
     Ok(update_target(store, iqn, |t| {

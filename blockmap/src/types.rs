@@ -227,6 +227,23 @@ impl ByteSize {
     pub const fn bytes(self) -> u64 {
         self.0
     }
+
+    /// For humans: exact when a unit divides it (`4G`), else two decimals
+    /// of the largest unit that fits (`3.99T`).
+    pub fn human(self) -> String {
+        const UNITS: [(u32, &str); 5] = [(50, "P"), (40, "T"), (30, "G"), (20, "M"), (10, "K")];
+        for (shift, u) in UNITS {
+            let unit = 1u64 << shift;
+            if self.0 >= unit {
+                return if self.0.is_multiple_of(unit) {
+                    format!("{}{u}", self.0 >> shift)
+                } else {
+                    format!("{:.2}{u}", self.0 as f64 / unit as f64)
+                };
+            }
+        }
+        self.0.to_string()
+    }
 }
 
 impl FromStr for ByteSize {
@@ -321,6 +338,10 @@ mod tests {
         assert!("99999999999P".parse::<ByteSize>().is_err());
         assert_eq!(ByteSize::mib(4).to_string(), "4M");
         assert_eq!(ByteSize(4097).to_string(), "4097");
+        assert_eq!(ByteSize::gib(4).human(), "4G");
+        assert_eq!(ByteSize(4190304 << 20).human(), "4.00T");
+        assert_eq!(ByteSize(1536 << 20).human(), "1.50G");
+        assert_eq!(ByteSize(1000).human(), "1000");
     }
 
     #[test]

@@ -30,9 +30,9 @@ pub async fn run(s: &dyn MetadataStore, out: Out, cmd: ClusterCmd) -> CliResult 
                         r.node.state.to_string(),
                         r.node.site.clone().unwrap_or_else(|| "-".into()),
                         r.node.address.clone(),
-                        r.node.capacity.to_string(),
-                        r.used.to_string(),
-                        r.free.to_string(),
+                        r.node.capacity.human(),
+                        r.used.human(),
+                        r.free.human(),
                         list(&r.stores),
                         list(&r.serves),
                     ]);

@@ -44,6 +44,14 @@ pub enum LunCmd {
         #[arg(long)]
         lun: Option<u64>,
     },
+    /// Unmap a LUN.
+    Remove {
+        /// Target IQN.
+        iqn: String,
+        /// LUN number.
+        #[arg(long)]
+        lun: u64,
+    },
 }
 
 /// ACL commands.
@@ -148,6 +156,14 @@ pub async fn run(s: &dyn MetadataStore, out: Out, cmd: TargetCmd) -> CliResult {
             out.emit(
                 &serde_json::json!({"target": iqn, "lun": lun, "image": image}),
                 || println!("target {iqn} LUN {lun} is image {image}"),
+            );
+        }
+        TargetCmd::Lun(LunCmd::Remove { iqn, lun }) => {
+            let iqn: Iqn = parse(&iqn)?;
+            let image = ops::remove_lun(s, &iqn, lun).await?;
+            out.emit(
+                &serde_json::json!({"target": iqn, "lun": lun, "removed": image}),
+                || println!("target {iqn} LUN {lun} (image {image}) removed"),
             );
         }
         TargetCmd::Acl(AclCmd::Add { iqn, initiator }) => {
