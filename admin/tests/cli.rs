@@ -258,9 +258,12 @@ fn default_store_is_locus_data_in_cwd() {
 
 #[test]
 fn usage_errors_and_help() {
-    let r = locus("unused", &["bogus"]);
+    let d = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let m = d.path().display().to_string();
+    let m = m.as_str();
+    let r = locus(m, &["bogus"]);
     assert_eq!(r.code, 1);
-    let r = locus("unused", &["--help"]);
+    let r = locus(m, &["--help"]);
     assert_eq!(r.code, 0);
     assert!(
         r.stdout.contains("Exit codes:") && r.stdout.contains("3  refused"),
@@ -268,7 +271,7 @@ fn usage_errors_and_help() {
         r.stdout
     );
     let r = locus(
-        "unused",
+        m,
         &["image", "create", "x", "--size", "8X", "--location", "a"],
     );
     assert_eq!(r.code, 1);
