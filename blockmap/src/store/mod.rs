@@ -40,6 +40,14 @@ pub struct Versioned {
 }
 
 /// A stream of [`Change`]s. Dropping it unsubscribes.
+///
+/// A feed is a hint, not a log: after an `Err` or `None` (the Redis pub/sub
+/// connection dropped, or the embedded store's poller failed), changes made
+/// in the gap are not replayed. A daemon then subscribes again and reloads
+/// everything it caches (targets, LUNs, ACLs, CHAP, placement). The embedded
+/// feed also misses changes if more than [`embedded::CHANGE_LOG_LEN`] land
+/// between two polls; compare `Change::Image::version` with the cached
+/// record's version to detect staleness.
 pub struct ChangeFeed {
     rx: mpsc::Receiver<Result<Change>>,
     task: tokio::task::JoinHandle<()>,
