@@ -545,6 +545,15 @@ impl MetadataStore for EmbeddedStore {
                     .await;
                 match batch {
                     Ok(batch) => {
+                        if batch.first().is_some_and(|(seq, _)| *seq > last + 1) {
+                            let _ = tx
+                                .send(Err(Error::Unavailable {
+                                    store: me.describe(),
+                                    why: "the change feed fell behind the change log; subscribe again and reload".into(),
+                                }))
+                                .await;
+                            return;
+                        }
                         for (seq, ch) in batch {
                             last = seq;
                             if tx.send(Ok(ch)).await.is_err() {
