@@ -206,7 +206,9 @@ pub async fn create_image(store: &dyn MetadataStore, spec: &ImageSpec) -> Result
 }
 
 /// Destroys an image; refused while a target serves it unless `force`
-/// (then its LUNs are removed from those targets first).
+/// (then its LUNs are removed from those targets first). Its statistics go
+/// with it. A LUN added concurrently with the destroy may be left pointing
+/// at the missing image; the target daemon reports such a LUN as an error.
 pub async fn destroy_image(store: &dyn MetadataStore, name: &ImageName, force: bool) -> Result<()> {
     let rec = store.load_image(name).await?;
     let users: Vec<Target> = list_targets(store)
@@ -236,9 +238,6 @@ pub async fn destroy_image(store: &dyn MetadataStore, name: &ImageName, force: b
     let mut version = rec.version;
     for _ in 0..MAX_RETRIES {
         if store.delete_image(name, version).await? {
-            let _ = store
-                .put_doc(DocKind::Stats, name.as_str(), None, None)
-                .await;
             if let Some(v) = store.get_doc(DocKind::Stats, name.as_str()).await? {
                 store
                     .put_doc(DocKind::Stats, name.as_str(), Some(v.version), None)
