@@ -1,0 +1,91 @@
+//! `locus cluster status`, `locus errors` and `locus stats`.
+
+use crate::exit::CliResult;
+use crate::output::{list, Out, Table};
+use crate::parse;
+use blockmap::ops;
+use blockmap::store::MetadataStore;
+use clap::Subcommand;
+
+/// Cluster commands.
+#[derive(Debug, Subcommand)]
+pub enum ClusterCmd {
+    /// Every node: state, used and free storage, images it stores and serves.
+    Status,
+}
+
+/// Runs a cluster command.
+pub async fn run(s: &dyn MetadataStore, out: Out, cmd: ClusterCmd) -> CliResult {
+    match cmd {
+        ClusterCmd::Status => {
+            let rows = ops::cluster_status(s).await?;
+            out.emit(&rows, || {
+                let mut t = Table::new(&[
+                    "NODE", "STATE", "SITE", "ADDRESS", "CAPACITY", "USED", "FREE", "STORES",
+                    "SERVES",
+                ]);
+                for r in &rows {
+                    t.row(vec![
+                        r.node.id.to_string(),
+                        r.node.state.to_string(),
+                        r.node.site.clone().unwrap_or_else(|| "-".into()),
+                        r.node.address.clone(),
+                        r.node.capacity.human(),
+                        r.used.human(),
+                        r.free.human(),
+                        list(&r.stores),
+                        list(&r.serves),
+                    ]);
+                }
+                t.print("no nodes");
+            });
+        }
+    }
+    Ok(())
+}
+
+/// `locus errors`.
+pub async fn errors(s: &dyn MetadataStore, out: Out) -> CliResult {
+    let rows = ops::errors(s).await?;
+    out.emit(&rows, || {
+        let mut t = Table::new(&["WHAT", "NODE", "IMAGE", "SINCE", "REASON"]);
+        for r in &rows {
+            t.row(vec![
+                r.what.clone(),
+                r.node.to_string(),
+                r.image.as_ref().map_or("-".into(), |i| i.to_string()),
+                r.since.map_or("-".into(), |t| t.0.to_string()),
+                r.reason.clone(),
+            ]);
+        }
+        t.print("no errors");
+    });
+    Ok(())
+}
+
+/// `locus stats IMAGE`.
+pub async fn stats(s: &dyn MetadataStore, out: Out, image: &str) -> CliResult {
+    let st = ops::image_stats(s, &parse(image)?).await?;
+    out.emit(&st, || {
+        let avg = |total: u64, n: u64| {
+            total
+                .checked_div(n)
+                .map_or("-".to_string(), |a| format!("{a} us"))
+        };
+        let mut t = Table::new(&["OP", "COUNT", "BYTES", "AVG LATENCY"]);
+        t.row(vec![
+            "read".into(),
+            st.reads.to_string(),
+            st.bytes_read.to_string(),
+            avg(st.read_latency_us_total, st.reads),
+        ]);
+        t.row(vec![
+            "write".into(),
+            st.writes.to_string(),
+            st.bytes_written.to_string(),
+            avg(st.write_latency_us_total, st.writes),
+        ]);
+        t.print("");
+    });
+    Ok(())
+}

@@ -1,0 +1,89 @@
+//! Exit codes and the CLI's error type. Exit codes are a stable interface
+//! for scripts; they are listed in `locus --help`.
+
+use blockmap::ErrorKind;
+
+/// Success.
+pub const OK: u8 = 0;
+/// Bad usage or invalid input (sizes, names, ranges).
+pub const USAGE: u8 = 1;
+/// The image, node or target does not exist.
+pub const NOT_FOUND: u8 = 2;
+/// Refused or conflicting: already exists, in use, or it would drop the last
+/// in-sync copy of a block.
+pub const REFUSED: u8 = 3;
+/// The metadata store is unreachable, busy or rejected the credentials.
+pub const UNAVAILABLE: u8 = 4;
+/// The metadata store is corrupt.
+pub const CORRUPT: u8 = 5;
+/// The command exists but its engine is not available yet (e.g. `image sync`).
+pub const NOT_AVAILABLE: u8 = 6;
+
+/// Text for `--help`.
+pub const EXIT_CODES_HELP: &str = "\
+Exit codes:
+  0  success
+  1  bad usage or invalid input (size, name, range, option)
+  2  not found (image, node, target or location)
+  3  refused or conflict (already exists, in use, last in-sync copy)
+  4  metadata store unavailable (down, busy, wrong password)
+  5  metadata store corrupt
+  6  not available yet (image sync before the resync engine lands)
+
+The store is chosen with --metadata URL or LOCUS_METADATA:
+  redis://[:password@]host:port/db   a shared Redis server
+  DIR or embedded://DIR              the embedded store DIR/metadata.redb (default ./locus-data)";
+
+/// A CLI failure.
+#[derive(Debug)]
+pub enum CliError {
+    /// From the model or the store.
+    Store(blockmap::Error),
+    /// A feature that is not available yet.
+    NotAvailable(String),
+}
+
+impl From<blockmap::Error> for CliError {
+    fn from(e: blockmap::Error) -> Self {
+        CliError::Store(e)
+    }
+}
+
+impl CliError {
+    /// The exit code for this error.
+    pub fn code(&self) -> u8 {
+        match self {
+            CliError::Store(e) => match e.kind() {
+                ErrorKind::Invalid => USAGE,
+                ErrorKind::NotFound => NOT_FOUND,
+                ErrorKind::Conflict | ErrorKind::Refused => REFUSED,
+                ErrorKind::Unavailable => UNAVAILABLE,
+                ErrorKind::Corrupt => CORRUPT,
+            },
+            CliError::NotAvailable(_) => NOT_AVAILABLE,
+        }
+    }
+
+    /// Stable kind name for `--json`.
+    pub fn kind(&self) -> String {
+        match self {
+            CliError::Store(e) => serde_json::to_value(e.kind())
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default(),
+            CliError::NotAvailable(_) => "not_available".into(),
+        }
+    }
+}
+
+impl std::fmt::Display for CliError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CliError::Store(e) => e.fmt(f),
+            CliError::NotAvailable(s) => f.write_str(s),
+        }
+    }
+}
+
+/// Result of a command.
+pub type CliResult<T = ()> = Result<T, CliError>;

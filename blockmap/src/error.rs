@@ -1,0 +1,201 @@
+//! The one error type of the blockmap layer. Every failure a caller can act on
+//! has its own variant; [`Error::kind`] maps it to a stable [`ErrorKind`] that
+//! the admin CLI turns into an exit code.
+
+use crate::types::{BlockRange, ImageName, NodeId};
+use std::path::PathBuf;
+
+/// Stable classification of [`Error`]s. Scripts rely on these through the CLI's
+/// exit codes, so variants are only ever added, never renumbered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// Bad input: a size, name, range or option that can never be valid.
+    Invalid,
+    /// The named object does not exist.
+    NotFound,
+    /// The object already exists, or the request conflicts with current state.
+    Conflict,
+    /// The request would break a placement invariant (DESIGN.md invariant 7).
+    Refused,
+    /// The metadata store cannot be reached, is busy, or rejected our credentials.
+    Unavailable,
+    /// The metadata store holds data this code cannot read.
+    Corrupt,
+}
+
+/// Errors of the blockmap model and its metadata stores.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A value failed validation; `what` names the field, `why` the rule.
+    #[error("invalid {what}: {why}")]
+    Invalid {
+        /// The field or argument that is wrong.
+        what: &'static str,
+        /// The rule it breaks, written for an operator.
+        why: String,
+    },
+    /// No image of that name.
+    #[error("image '{0}' does not exist (see `locus image list`)")]
+    ImageNotFound(ImageName),
+    /// An image of that name already exists.
+    #[error("image '{0}' already exists; pick another name or destroy it first")]
+    ImageExists(ImageName),
+    /// No node of that id in the registry.
+    #[error("node '{0}' is not registered (add it with `locus node add {0} --address HOST:PORT`)")]
+    UnknownNode(NodeId),
+    /// A node of that id is already registered.
+    #[error("node '{0}' is already registered")]
+    NodeExists(NodeId),
+    /// The node still stores or serves images and cannot be removed.
+    #[error("node '{node}' still holds images: {images}; remove its locations first")]
+    NodeInUse {
+        /// The node.
+        node: NodeId,
+        /// Comma-separated image names.
+        images: String,
+    },
+    /// No target of that IQN.
+    #[error("target '{0}' does not exist (see `locus target list`)")]
+    TargetNotFound(String),
+    /// A target of that IQN already exists.
+    #[error("target '{0}' already exists")]
+    TargetExists(String),
+    /// A LUN number is already in use on the target.
+    #[error("LUN {lun} of target '{target}' is already in use")]
+    LunInUse {
+        /// The target IQN.
+        target: String,
+        /// The LUN number.
+        lun: u64,
+    },
+    /// The target has no such LUN.
+    #[error("target '{target}' has no LUN {lun} (see `locus target list`)")]
+    LunNotFound {
+        /// The target IQN.
+        target: String,
+        /// The LUN number.
+        lun: u64,
+    },
+    /// The image is served by a target and `--force` was not given.
+    #[error("image '{image}' is served by target(s) {targets}; remove the LUNs or use --force")]
+    ImageInUse {
+        /// The image.
+        image: ImageName,
+        /// Comma-separated IQNs.
+        targets: String,
+    },
+    /// The node is not a location of the image for (some of) the range.
+    #[error("node '{node}' is not a location of image '{image}' for blocks {ranges}")]
+    NotALocation {
+        /// The image.
+        image: ImageName,
+        /// The node.
+        node: NodeId,
+        /// The blocks where it is not a location.
+        ranges: RangeList,
+    },
+    /// The node is already a location for (some of) the range.
+    #[error("node '{node}' is already a location of image '{image}' for blocks {ranges}")]
+    AlreadyALocation {
+        /// The image.
+        image: ImageName,
+        /// The node.
+        node: NodeId,
+        /// The blocks where it already is a location.
+        ranges: RangeList,
+    },
+    /// Invariant 7: the removal would drop the last in-sync copy of blocks.
+    #[error(
+        "refused: removing '{node}' from image '{image}' would drop the last in-sync copy of blocks {ranges}; \
+         add another location and sync it first"
+    )]
+    LastInSyncCopy {
+        /// The image.
+        image: ImageName,
+        /// The node whose removal was refused.
+        node: NodeId,
+        /// The blocks that would lose their last in-sync copy.
+        ranges: RangeList,
+    },
+    /// Optimistic concurrency gave up after too many conflicting writers.
+    #[error("too many concurrent updates to {0}; retry")]
+    Contended(String),
+    /// The store cannot be reached or used right now.
+    #[error("metadata store {store} unavailable: {why}")]
+    Unavailable {
+        /// The store, credentials masked.
+        store: String,
+        /// What went wrong and what to do.
+        why: String,
+    },
+    /// The embedded store file cannot be read.
+    #[error("embedded metadata store {} is corrupt or unreadable: {why}; restore it from a backup or move it aside", path.display())]
+    CorruptFile {
+        /// The file.
+        path: PathBuf,
+        /// What the storage engine said.
+        why: String,
+    },
+    /// A record in the store cannot be decoded.
+    #[error("metadata store record {key} is corrupt: {why}")]
+    CorruptRecord {
+        /// The key of the record.
+        key: String,
+        /// Why it cannot be decoded.
+        why: String,
+    },
+}
+
+impl Error {
+    /// The stable kind of this error.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Invalid { .. } => ErrorKind::Invalid,
+            Error::ImageNotFound(_)
+            | Error::UnknownNode(_)
+            | Error::TargetNotFound(_)
+            | Error::LunNotFound { .. }
+            | Error::NotALocation { .. } => ErrorKind::NotFound,
+            Error::ImageExists(_)
+            | Error::NodeExists(_)
+            | Error::TargetExists(_)
+            | Error::LunInUse { .. }
+            | Error::AlreadyALocation { .. }
+            | Error::Contended(_) => ErrorKind::Conflict,
+            Error::NodeInUse { .. } | Error::ImageInUse { .. } | Error::LastInSyncCopy { .. } => {
+                ErrorKind::Refused
+            }
+            Error::Unavailable { .. } => ErrorKind::Unavailable,
+            Error::CorruptFile { .. } | Error::CorruptRecord { .. } => ErrorKind::Corrupt,
+        }
+    }
+
+    /// Shorthand for [`Error::Invalid`].
+    pub fn invalid(what: &'static str, why: impl Into<String>) -> Self {
+        Error::Invalid {
+            what,
+            why: why.into(),
+        }
+    }
+}
+
+/// A list of block ranges, displayed as `0-9, 20-29` (inclusive ends, as an
+/// operator reads them).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RangeList(pub Vec<BlockRange>);
+
+impl std::fmt::Display for RangeList {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, r) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "{r}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Result alias of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

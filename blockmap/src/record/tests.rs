@@ -1,0 +1,138 @@
+//! Invariant tests for [`super::ImageRecord`] (DESIGN.md invariant 7).
+
+use super::*;
+use crate::error::ErrorKind;
+use crate::types::{ByteSize, ImageName};
+
+fn n(s: &str) -> NodeId {
+    NodeId::new(s).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn rec(size: ByteSize, locs: &[&str]) -> ImageRecord {
+    let spec = ImageSpec::new(
+        ImageName::new("img").unwrap_or_else(|e| panic!("{e}")),
+        size,
+        locs.iter().map(|s| n(s)).collect(),
+    );
+    ImageRecord::create(&spec).unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[test]
+fn geometry_is_validated() {
+    let mut spec = ImageSpec::new(
+        ImageName::new("x").unwrap_or_else(|e| panic!("{e}")),
+        ByteSize(1000),
+        vec![n("a")],
+    );
+    assert_eq!(
+        ImageRecord::create(&spec).err().map(|e| e.kind()),
+        Some(ErrorKind::Invalid)
+    );
+    spec.size = ByteSize::gib(1);
+    spec.block_size = ByteSize(3 << 20);
+    let e = ImageRecord::create(&spec)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(e.contains("power of two"), "{e}");
+    spec.block_size = ByteSize::mib(4);
+    spec.locations = vec![];
+    assert!(ImageRecord::create(&spec).is_err());
+    spec.locations = vec![n("a"), n("a")];
+    assert!(ImageRecord::create(&spec).is_err());
+}
+
+#[test]
+fn new_location_starts_out_of_sync() -> Result<()> {
+    let mut r = rec(ByteSize::gib(1), &["a"]);
+    r.add_location(&n("b"), BlockRange::new(0, 256)?)?;
+    assert_eq!(
+        r.block_state(BlockIndex(7), &n("b")),
+        Some(SyncState::OutOfSync)
+    );
+    assert_eq!(
+        r.block_state(BlockIndex(7), &n("a")),
+        Some(SyncState::InSync)
+    );
+    let again = r.add_location(&n("b"), BlockRange::new(0, 1)?);
+    assert_eq!(again.err().map(|e| e.kind()), Some(ErrorKind::Conflict));
+    Ok(())
+}
+
+#[test]
+fn removing_last_in_sync_copy_is_refused_with_ranges() -> Result<()> {
+    let mut r = rec(ByteSize::gib(1), &["a"]);
+    r.add_location(&n("b"), r.image.all_blocks())?;
+    r.set_sync_state(&n("b"), BlockRange::new(0, 100)?, SyncState::InSync)?;
+    let before = r.clone();
+    let err = r.remove_location(&n("a"), r.image.all_blocks());
+    match err {
+        Err(Error::LastInSyncCopy { ranges, .. }) => {
+            assert_eq!(ranges.to_string(), "100-255");
+        }
+        other => panic!("expected refusal, got {other:?}"),
+    }
+    assert_eq!(r, before, "a refused removal changes nothing");
+    // Removing only the blocks b has in sync is fine.
+    r.remove_location(&n("a"), BlockRange::new(0, 100)?)?;
+    assert_eq!(r.block_state(BlockIndex(5), &n("a")), None);
+    assert_eq!(r.placement.runs().len(), 2);
+    Ok(())
+}
+
+#[test]
+fn dirty_bits_make_a_block_out_of_sync() -> Result<()> {
+    let mut r = rec(ByteSize::gib(1), &["a", "b"]);
+    // 64 KiB at 10 MiB + 4 KiB: block 2, one bit.
+    r.mark_bytes(&n("b"), (10 << 20) + 4096, 4096, true)?;
+    assert_eq!(
+        r.block_state(BlockIndex(2), &n("b")),
+        Some(SyncState::OutOfSync)
+    );
+    assert_eq!(
+        r.block_state(BlockIndex(3), &n("b")),
+        Some(SyncState::InSync)
+    );
+    // a is now the only in-sync copy of block 2.
+    let e = r.remove_location(&n("a"), BlockRange::new(0, 4)?);
+    assert_eq!(
+        e.err().map(|e| e.to_string().contains("blocks 2;")),
+        Some(true)
+    );
+    r.set_sync_state(&n("b"), BlockRange::new(2, 3)?, SyncState::InSync)?;
+    assert!(r.dirty.is_empty());
+    r.remove_location(&n("a"), BlockRange::new(0, 4)?)?;
+    Ok(())
+}
+
+#[test]
+fn ranges_past_end_and_unknown_locations_are_refused() -> Result<()> {
+    let mut r = rec(ByteSize::mib(40), &["a"]);
+    assert_eq!(r.image.block_count(), 10);
+    let e = r.add_location(&n("b"), BlockRange::new(5, 11)?);
+    assert_eq!(e.err().map(|e| e.kind()), Some(ErrorKind::Invalid));
+    let e = r.set_sync_state(&n("z"), BlockRange::new(0, 1)?, SyncState::InSync);
+    assert_eq!(e.err().map(|e| e.kind()), Some(ErrorKind::NotFound));
+    assert!(r.mark_bytes(&n("a"), 40 << 20, 1, true).is_err());
+    Ok(())
+}
+
+#[test]
+fn one_block_change_diff_is_small() -> Result<()> {
+    let mut r = rec(ByteSize::tib(1), &["a", "b", "c"]);
+    assert_eq!(r.image.block_count(), 262_144);
+    let old = r.clone();
+    r.set_sync_state(&n("b"), BlockRange::new(1000, 1001)?, SyncState::Syncing)?;
+    let d = r.diff(&old);
+    assert!(d.header.is_none());
+    assert_eq!(d.runs_set.len(), 3, "{d:?}");
+    let old = r.clone();
+    r.mark_bytes(&n("c"), 1 << 39, 512, true)?;
+    let d = r.diff(&old);
+    assert_eq!(d.bitmaps.len(), 1);
+    match &d.bitmaps[0].1 {
+        BitmapChange::Spans(s) => assert_eq!(s.iter().map(|(_, b)| b.len()).sum::<usize>(), 1),
+        BitmapChange::Delete => panic!("expected spans"),
+    }
+    Ok(())
+}
