@@ -53,6 +53,38 @@ pub(crate) fn open_sized(path: &Path, size: u64, allow_grow: bool) -> Result<Fil
     })
 }
 
+/// Reads the whole range only if the page cache already holds it, without
+/// blocking: `preadv2(RWF_NOWAIT)` (Linux 4.14+). `None` means "would block"
+/// (or the kernel lacks RWF_NOWAIT): the caller falls back to its engine.
+///
+/// This is the fast path of every file engine: a cached read completes on the
+/// calling task with no thread hand-off, which on a small machine is most of
+/// the latency of a 4 KiB read.
+pub(crate) fn read_nowait(file: &File, offset: u64, len: usize) -> Option<Bytes> {
+    use std::os::unix::io::AsRawFd;
+    let mut buf = BytesMut::with_capacity(len);
+    let mut done = 0usize;
+    while done < len {
+        let iov = libc::iovec {
+            // SAFETY: the pointer stays within the buffer's capacity (`done < len`
+            // <= capacity); the kernel writes at most `len - done` bytes there.
+            iov_base: unsafe { buf.spare_capacity_mut().as_mut_ptr().add(done) }.cast(),
+            iov_len: len - done,
+        };
+        let off = i64::try_from(offset + done as u64).ok()?;
+        // SAFETY: one valid iovec describing writable memory owned by `buf`.
+        let n = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, off, libc::RWF_NOWAIT) };
+        if n <= 0 {
+            // EAGAIN (not cached), EOPNOTSUPP, or EOF: take the slow path.
+            return None;
+        }
+        done += n as usize;
+    }
+    // SAFETY: the kernel initialised exactly `done == len` bytes.
+    unsafe { buf.set_len(len) };
+    Some(buf.freeze())
+}
+
 /// pread the whole range.
 pub(crate) fn read_at(file: &File, offset: u64, len: usize) -> Result<Bytes, StorageError> {
     let mut buf = BytesMut::zeroed(len);

@@ -50,6 +50,9 @@ impl BlockBackend for PoolBackend {
         if len == 0 {
             return Ok(Bytes::new());
         }
+        if let Some(data) = fileops::read_nowait(&self.file, offset, len) {
+            return Ok(data);
+        }
         self.run(move |f| fileops::read_at(f, offset, len)).await
     }
     async fn write(&self, offset: u64, data: Bytes, fua: bool) -> Result<(), StorageError> {

@@ -390,6 +390,9 @@ impl BlockBackend for UringBackend {
         if len == 0 {
             return Ok(Bytes::new());
         }
+        if let Some(data) = fileops::read_nowait(&self.file, offset, len) {
+            return Ok(data);
+        }
         match self.call(Op::Read { offset, len }).await? {
             Reply::Data(b) => Ok(b),
             Reply::Done => Err(StorageError::EngineGone),
