@@ -39,6 +39,9 @@ fn missing_locusd_is_a_clear_error() {
     let kind = TargetKind::Locusd(PathBuf::from("/nonexistent/locusd"));
     let err = RunningTarget::start(&kind, &Setup::default()).expect_err("no binary");
     let msg = format!("{err:#}");
-    assert!(msg.contains("the locusd binary is not at /nonexistent/locusd"), "{msg}");
+    assert!(
+        msg.contains("the locusd binary is not at /nonexistent/locusd"),
+        "{msg}"
+    );
     assert!(msg.contains("cargo build --release --bin locusd"), "{msg}");
 }
