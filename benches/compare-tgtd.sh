@@ -17,6 +17,8 @@
 #   --aa        A is a second tgtd (A/A run: validates the method; ratios
 #               should be near 1.0)
 #   --scale F   multiply the request counts (e.g. 0.25 for a quick check)
+#   --order ab|abba  ab (default): A then B in every round; abba: B goes
+#               first in even rounds, which cancels a first-position bias
 # Output: a Markdown table on stdout (and in RESULTS/summary.md), raw numbers
 # in RESULTS/raw.tsv, the command and the machine load in RESULTS/env.txt.
 set -Eeuo pipefail
@@ -30,6 +32,7 @@ SCALE=1
 PERF_SECS=10
 WORKDIR_PARENT=${TMPDIR:-/var/tmp}
 IQN=iqn.2026-11.io.locus:default
+ORDER=ab
 PRIME=7919   # 4 KiB step = 4096 * PRIME: scattered, and coprime with the LUN's 2^18 blocks
 
 usage() { sed -n '2,/^set -E/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
@@ -38,6 +41,7 @@ while [[ $# -gt 0 ]]; do
   case $1 in
     --rounds) ROUNDS=$2; shift ;;
     --aa) AA=1 ;;
+    --order) ORDER=$2; shift ;;
     --locusd) LOCUSD=$2; shift ;;
     --results) RESULTS=$2; shift ;;
     --scale) SCALE=$2; shift ;;
@@ -49,6 +53,7 @@ while [[ $# -gt 0 ]]; do
   shift
 done
 [[ $ROUNDS =~ ^[0-9]+$ && $ROUNDS -ge 1 ]] || { echo "--rounds must be a positive integer" >&2; exit 2; }
+[[ $ORDER == ab || $ORDER == abba ]] || { echo "--order is ab or abba" >&2; exit 2; }
 [[ $ROUNDS -ge 3 ]] || echo "warning: fewer than 3 rounds: medians are not meaningful (BENCHMARKING.md)" >&2
 
 for tool in tgtd tgtadm qemu-img iscsi-perf awk sort ss; do
@@ -186,7 +191,7 @@ prefill() {  # 1 GiB sequential write
 
 log "load: $(uptime)"
 {
-  echo "command: $0 --rounds $ROUNDS --scale $SCALE --perf-secs $PERF_SECS$([[ $AA == 1 ]] && echo ' --aa')"
+  echo "command: $0 --rounds $ROUNDS --order $ORDER --scale $SCALE --perf-secs $PERF_SECS$([[ $AA == 1 ]] && echo ' --aa')"
   echo "date: $(date -u)"
   echo "uptime: $(uptime)"
   echo "host: $(uname -srm), $(nproc) cpus"
@@ -209,8 +214,13 @@ WORKLOADS=(qemu-4k-randread qemu-4k-randwrite qemu-1m-seqread qemu-1m-seqwrite p
 for round in $(seq 1 "$ROUNDS"); do
   for wl in "${WORKLOADS[@]}"; do
     log "round $round/$ROUNDS $wl"
-    run_one "$round" "$wl" "$A_NAME" "$A_PID" "$A_URL"
-    run_one "$round" "$wl" "$B_NAME" "$B_PID" "$B_URL"
+    if [[ $ORDER == abba && $((round % 2)) == 0 ]]; then
+      run_one "$round" "$wl" "$B_NAME" "$B_PID" "$B_URL"
+      run_one "$round" "$wl" "$A_NAME" "$A_PID" "$A_URL"
+    else
+      run_one "$round" "$wl" "$A_NAME" "$A_PID" "$A_URL"
+      run_one "$round" "$wl" "$B_NAME" "$B_PID" "$B_URL"
+    fi
   done
 done
 log "load after: $(uptime)"
@@ -222,7 +232,7 @@ col() {  # col WORKLOAD TARGET FIELD -> median of that column
   awk -F'\t' -v w="$1" -v n="$2" -v f="$3" 'NR > 1 && $2 == w && $3 == n { print $f }' "$RESULTS/raw.tsv" | median
 }
 {
-  echo "A = $A_NAME, B = $B_NAME; $ROUNDS rounds alternating A B; medians. Load before: $(sed -n 's/^uptime: //p' "$RESULTS/env.txt" | sed 's/.*load average/load average/')"
+  echo "A = $A_NAME, B = $B_NAME; $ROUNDS rounds alternating A and B (order $ORDER); medians. Load before: $(sed -n 's/^uptime: //p' "$RESULTS/env.txt" | sed 's/.*load average/load average/')"
   echo
   echo "| Workload | A ($A_NAME) | B ($B_NAME) | A/B | A/B per round (min-max) | A CPU µs/IO | B CPU µs/IO | A/B CPU |"
   echo "|---|---:|---:|---:|---:|---:|---:|---:|"
@@ -245,5 +255,5 @@ col() {  # col WORKLOAD TARGET FIELD -> median of that column
     }'
   done
   echo
-  echo "Command: \`benches/compare-tgtd.sh --rounds $ROUNDS$([[ $AA == 1 ]] && echo ' --aa')$([[ $SCALE != 1 ]] && echo " --scale $SCALE")$([[ $PERF_SECS != 10 ]] && echo " --perf-secs $PERF_SECS")\`; raw numbers: $RESULTS/raw.tsv"
+  echo "Command: \`benches/compare-tgtd.sh --rounds $ROUNDS$([[ $AA == 1 ]] && echo ' --aa')$([[ $ORDER != ab ]] && echo " --order $ORDER")$([[ $SCALE != 1 ]] && echo " --scale $SCALE")$([[ $PERF_SECS != 10 ]] && echo " --perf-secs $PERF_SECS")\`; raw numbers: $RESULTS/raw.tsv"
 } | tee "$RESULTS/summary.md"

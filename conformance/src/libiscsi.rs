@@ -45,6 +45,7 @@ pub fn run(kind: &TargetKind, opts: &Options) -> Result<SuiteResult> {
         Ok(t) => t,
         Err(e) => {
             println!("FAIL libiscsi start {}: {e:#}", kind.name());
+            result.summary.failed = 1;
             return Ok(result);
         }
     };
@@ -102,6 +103,7 @@ pub fn run(kind: &TargetKind, opts: &Options) -> Result<SuiteResult> {
         Ok(r) => r,
         Err(e) => {
             println!("FAIL libiscsi: cannot parse the output of iscsi-test-cu: {e}");
+            result.summary.failed = 1;
             return Ok(result);
         }
     };
@@ -110,6 +112,10 @@ pub fn run(kind: &TargetKind, opts: &Options) -> Result<SuiteResult> {
         healthy = false;
     }
     result.summary = report.summary();
+    if !healthy && result.summary.failed == 0 {
+        // The run itself failed (timeout, target crash, no Run Summary).
+        result.summary.failed = 1;
+    }
     let expected = Expectations::load(&opts.expectations)?;
     let mut table = String::new();
     for t in &report.tests {

@@ -141,6 +141,9 @@ fn wait_ready(child: &mut Child, addr: SocketAddr, what: &str, log: &Path) -> Re
 pub fn log_tail(path: &Path, n: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
+    if lines.is_empty() {
+        return format!("--- {} is empty ---\n", path.display());
+    }
     let start = lines.len().saturating_sub(n);
     let mut out = format!("--- last lines of {} ---\n", path.display());
     for l in &lines[start..] {
