@@ -250,6 +250,13 @@ async fn read_only_lu_rejects_writes() {
         0,
     );
     good(&exec(&t, &n, &read10(0, 1), 512, &[]).await);
+    // Write protection is reported before Data-Out length problems.
+    let ws = [0x41, 0x08, 0, 0, 0, 0, 0, 0, 1, 0];
+    check(&exec(&t, &n, &ws, 0, &[]).await, 7, 0x27, 0);
+    let mut caw = [0u8; 16];
+    caw[0] = 0x89;
+    caw[13] = 1;
+    check(&exec(&t, &n, &caw, 0, &[]).await, 7, 0x27, 0);
     // MODE SENSE reports WP.
     let r = exec(&t, &n, &[0x1a, 0, 0x3f, 0, 255, 0], 255, &[]).await;
     good(&r);

@@ -7,6 +7,24 @@
 //! [`ScsiResponse`] with status, sense, Data-In and the residual. SCSI
 //! failures are always a `ScsiResponse` with CHECK CONDITION (the
 //! vhost-device-scsi pattern), never a Rust error.
+//!
+//! Layout: `opcodes` (the one table: CDB validation, transfer lengths,
+//! reservation classes, REPORT SUPPORTED OPERATION CODES), `target` (LUN
+//! map, residuals, resets), `lu` (per-LU state, dispatch), and one file per
+//! command family: `inquiry`, `rw`, `thin`, `mode`, `pr`, `xcopy`.
+//!
+//! Contract with the transport:
+//! - `lun` is the decoded LUN number ([`lun_from_wire`]);
+//! - `Nexus::initiator_port` must identify the I_T nexus across sessions
+//!   (initiator name plus ISID): persistent reservations are keyed by it
+//!   and the relative port;
+//! - task attributes are not interpreted: the transport runs ORDERED and
+//!   HEAD OF QUEUE tasks in the order SAM-5 requires; ABORT TASK / PREEMPT
+//!   AND ABORT are the transport's (drop the future);
+//! - for block writes whose expected length is shorter than the CDB's
+//!   transfer length, only the Data-Out that arrived is written and the
+//!   overflow is reported (FCP-4 option a); parameter lists cut short are
+//!   refused with INVALID FIELD IN COMMAND INFORMATION UNIT.
 
 use bytes::Bytes;
 

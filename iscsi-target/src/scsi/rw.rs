@@ -159,10 +159,14 @@ pub(crate) async fn compare_and_write(lu: &LogicalUnit, ctx: &Ctx<'_>) -> CmdRes
         return Err(Sense::invalid_cdb_field(13, None).into());
     }
     lu.check_range(lba, u64::from(n))?;
+    let len = usize::from(n) * lu.block_size as usize;
+    // The Data-Out must be exactly the verify and the write data (SBC-3 5.2).
+    if ctx.req.expected_len as usize != 2 * len {
+        return Err(Sense::invalid_cdb_field(13, None).into());
+    }
     if n == 0 {
         return Ok(Bytes::new());
     }
-    let len = usize::from(n) * lu.block_size as usize;
     let buf = data_out(ctx, 2 * len)?;
     let (cmp, new) = (buf.slice(..len), buf.slice(len..));
     let off = lu.byte_offset(lba);

@@ -109,13 +109,9 @@ impl ScsiTarget {
         // (FCP-4 / RFC 7143: option b, no data transferred).
         let edtl = u64::from(req.expected_len);
         match info.xfer {
-            // COMPARE AND WRITE and WRITE SAME need exactly their Data-Out
-            // (SBC-3 5.2, 5.44); anything else is an invalid length field.
-            Xfer::Caw | Xfer::WriteSame if spdtl != edtl => {
-                let field = if info.xfer == Xfer::Caw { 13 } else { 7 };
-                let r = Fail::Check(Sense::invalid_cdb_field(field, None));
-                return failed(&req, r, spdtl);
-            }
+            // COMPARE AND WRITE and WRITE SAME check their exact Data-Out
+            // length themselves, after the write-protect check.
+            Xfer::Caw | Xfer::WriteSame => {}
             // Block writes with less Data-Out than the CDB asks for write what
             // arrived and report the overflow (FCP-4 9.4.2 option a).
             Xfer::Blocks { .. } | Xfer::Blocks6 => {}

@@ -41,6 +41,11 @@ pub(crate) async fn write_same(lu: &LogicalUnit, ctx: &Ctx<'_>) -> CmdResult {
         return Err(Sense::invalid_cdb_field(1, Some(3)).into());
     }
     let bs = lu.block_size as usize;
+    // The Data-Out must be exactly one block, or nothing with NDOB.
+    let want = if ndob { 0 } else { bs };
+    if ctx.req.expected_len as usize != want {
+        return Err(Sense::invalid_cdb_field(len_field, None).into());
+    }
     let block = if ndob { None } else { Some(data_out(ctx, bs)?) };
     let off = lu.byte_offset(lba);
     let total = n * bs as u64;
