@@ -78,7 +78,7 @@ impl TargetKind {
 /// (README of iscsi-target documents the real format).
 pub fn locusd_chap_config(chap: &Chap) -> String {
     format!(
-        "[[target]]\nname = \"{DEFAULT_IQN}\"\n\n[target.chap]\nuser = \"{}\"\nsecret = \"{}\"\n",
+        "[[target]]\nname = \"{DEFAULT_IQN}\"\nchap = {{ user = \"{}\", secret = \"{}\" }}\n\n[[target.lun]]\nid = 0\nsize = \"1G\"\n",
         chap.user, chap.secret
     )
 }

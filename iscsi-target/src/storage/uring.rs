@@ -400,6 +400,9 @@ impl BlockBackend for UringBackend {
     }
     async fn write(&self, offset: u64, data: Bytes, fua: bool) -> Result<(), StorageError> {
         check_range(offset, data.len() as u64, self.size)?;
+        if let Some(done) = fileops::write_inline(&self.file, offset, &data, fua) {
+            return done;
+        }
         if data.is_empty() {
             return if fua { self.flush().await } else { Ok(()) };
         }
