@@ -35,6 +35,7 @@ struct Args {
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    tune_malloc();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -61,6 +62,19 @@ fn main() -> Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     rt.block_on(serve(cfg))
+}
+
+/// Keeps large I/O buffers (up to 64 MiB) on the heap instead of a fresh
+/// mmap each time: glibc's default threshold (128 KiB) would map and unmap
+/// every 1 MiB read buffer, paying page faults and zeroing per command. The
+/// benchmark gives tgtd the same setting (BENCHMARKING.md).
+fn tune_malloc() {
+    // SAFETY: mallopt only adjusts allocator parameters; it is called before
+    // any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 64 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 256 << 20);
+    }
 }
 
 async fn serve(cfg: Config) -> Result<()> {

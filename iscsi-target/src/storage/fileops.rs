@@ -85,6 +85,18 @@ pub(crate) fn read_nowait(file: &File, offset: u64, len: usize) -> Option<Bytes>
     Some(buf.freeze())
 }
 
+/// Whether `pwritev2(RWF_NOWAIT)` is worth trying (cleared on EOPNOTSUPP).
+static NOWAIT_WRITES: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// `LOCUS_INLINE_WRITES=0` sends every write to the engine's threads. Inline
+/// writes cost about half the CPU per 4 KiB write, but a write to a page
+/// still under writeback waits for that I/O on the calling task (measured in
+/// BENCHMARKS.md); read once per process.
+fn inline_writes_enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("LOCUS_INLINE_WRITES").map_or(true, |v| v != "0"))
+}
+
 /// Largest buffered write done inline on the calling task (bytes).
 pub(crate) const INLINE_WRITE_MAX: usize = 256 * 1024;
 
@@ -103,7 +115,7 @@ pub(crate) fn write_inline(
     fua: bool,
 ) -> Option<Result<(), StorageError>> {
     use std::os::unix::io::AsRawFd;
-    if fua || data.len() > INLINE_WRITE_MAX || data.is_empty() {
+    if fua || data.len() > INLINE_WRITE_MAX || data.is_empty() || !inline_writes_enabled() {
         return None;
     }
     let iov = libc::iovec {
@@ -111,6 +123,9 @@ pub(crate) fn write_inline(
         iov_len: data.len(),
     };
     let off = i64::try_from(offset).ok()?;
+    if !NOWAIT_WRITES.load(std::sync::atomic::Ordering::Relaxed) {
+        return Some(write_at(file, offset, data, false));
+    }
     // SAFETY: one iovec describing `data`, which the kernel only reads.
     let n = unsafe { libc::pwritev2(file.as_raw_fd(), &iov, 1, off, libc::RWF_NOWAIT) };
     if n >= 0 && n as usize == data.len() {
@@ -119,6 +134,11 @@ pub(crate) fn write_inline(
     let errno = std::io::Error::last_os_error().raw_os_error();
     if n < 0 && errno == Some(libc::EAGAIN) {
         return None;
+    }
+    if n < 0 && errno == Some(libc::EOPNOTSUPP) {
+        // Learned once: this filesystem has no buffered NOWAIT writes, so
+        // skip the extra syscall from now on.
+        NOWAIT_WRITES.store(false, std::sync::atomic::Ordering::Relaxed);
     }
     // Partial NOWAIT write or no NOWAIT support: finish with a plain pwrite.
     let done = usize::try_from(n).unwrap_or(0);
