@@ -77,8 +77,9 @@ pub async fn check_node(store: &dyn MetadataStore, node: &NodeId) {
         Ok(n) => tracing::info!(node = %node, state = %n.state, "node found in the registry"),
         Err(e) if e.kind() == ErrorKind::NotFound => tracing::warn!(
             node = %node,
-            "node '{node}' is not in the node registry of {}: images placed on it cannot be \
-             checked until it is (`locus node add {node} --address HOST:PORT`), or pass --node",
+            "node '{node}' is not in the node registry of {}: no image can be placed on it \
+             until it is registered (`locus node add {node} --address HOST:PORT`); or pass \
+             --node with this node's registered id",
             store.describe()
         ),
         Err(e) => tracing::warn!(node = %node, error = %e, "cannot check the node registry"),
@@ -130,7 +131,11 @@ struct Installed {
 /// is refused with an error in the log.
 pub struct StoreSync {
     targets: Arc<TargetSet>,
-    store: Arc<dyn MetadataStore>,
+    /// The current handle; replaced after a failure when `reopen` is set.
+    store: std::sync::RwLock<Arc<dyn MetadataStore>>,
+    /// The URL to open a fresh handle from after the store failed (a Redis
+    /// connection does not come back by itself after a server restart).
+    reopen: Option<String>,
     node: NodeId,
     data_dir: PathBuf,
     engine: EngineChoice,
@@ -154,7 +159,8 @@ impl StoreSync {
     ) -> Self {
         StoreSync {
             targets,
-            store,
+            store: std::sync::RwLock::new(store),
+            reopen: None,
             node,
             data_dir,
             engine,
@@ -165,6 +171,17 @@ impl StoreSync {
             state: tokio::sync::Mutex::new(Installed::default()),
             problems: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// After a store failure, open a fresh handle from `url` before
+    /// re-subscribing (what [`start`] does).
+    pub fn with_reopen(mut self, url: &str) -> Self {
+        self.reopen = Some(url.to_string());
+        self
+    }
+
+    fn store(&self) -> Arc<dyn MetadataStore> {
+        self.store.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// The store LUNs that are not served, and why (also logged at error
@@ -180,7 +197,7 @@ impl StoreSync {
 
     /// Loads every store target; on a store error nothing changes.
     pub async fn reload_all(&self) -> Result<(), StoreError> {
-        let list = ops::list_targets(&*self.store).await?;
+        let list = ops::list_targets(&*self.store()).await?;
         let mut st = self.state.lock().await;
         let images = self.evaluate_images(list.iter()).await?;
         let keep: BTreeSet<String> = list
@@ -212,7 +229,7 @@ impl StoreSync {
                 key,
             } => {
                 let iqn = Iqn::new(key.as_str())?;
-                let t = match ops::get_target(&*self.store, &iqn).await {
+                let t = match ops::get_target(&*self.store(), &iqn).await {
                     Ok(t) => Some(t),
                     Err(e) if e.kind() == ErrorKind::NotFound => None,
                     Err(e) => return Err(e),
@@ -256,12 +273,13 @@ impl StoreSync {
         targets: impl Iterator<Item = &'a Target>,
     ) -> Result<BTreeMap<ImageName, Result<ImageGeometry, String>>, StoreError> {
         let mut out = BTreeMap::new();
+        let store = self.store();
         for t in targets {
             for img in t.luns.values() {
                 if out.contains_key(img) {
                     continue;
                 }
-                let verdict = match self.store.load_image(img).await {
+                let verdict = match store.load_image(img).await {
                     Ok(rec) => check_placement(&rec, &self.node)
                         .map(|()| ImageGeometry::of(&rec))
                         .map_err(|e| e.to_string()),
@@ -434,9 +452,10 @@ impl StoreSync {
             if *shutdown.borrow() {
                 return;
             }
+            let store = self.store();
             let feed = tokio::select! {
                 _ = shutdown.changed() => return,
-                f = self.store.subscribe() => f,
+                f = store.subscribe() => f,
             };
             let failure = match feed {
                 Err(e) => e,
@@ -458,7 +477,7 @@ impl StoreSync {
                                 Some(Err(e)) => break e,
                                 None => {
                                     break StoreError::Unavailable {
-                                        store: self.store.describe(),
+                                        store: store.describe(),
                                         why: "the change feed ended".into(),
                                     }
                                 }
@@ -474,6 +493,14 @@ impl StoreSync {
                 _ = tokio::time::sleep(backoff) => {}
             }
             backoff = (backoff * 2).min(BACKOFF_MAX);
+            if let Some(url) = &self.reopen {
+                match open_store(url).await {
+                    Ok(fresh) => {
+                        *self.store.write().unwrap_or_else(|p| p.into_inner()) = fresh;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot reopen the metadata store"),
+                }
+            }
         }
     }
 }
@@ -512,14 +539,17 @@ pub async fn start(
     let store = open_store(url).await?;
     check_node(&*store, &node).await;
     let engine = EngineChoice::parse(&cfg.engine).unwrap_or(EngineChoice::Auto);
-    let sync = Arc::new(StoreSync::new(
-        targets,
-        store,
-        node,
-        cfg.data_dir.clone(),
-        engine,
-        cfg.targets.iter().map(|t| t.name.clone()),
-    ));
+    let sync = Arc::new(
+        StoreSync::new(
+            targets,
+            store,
+            node,
+            cfg.data_dir.clone(),
+            engine,
+            cfg.targets.iter().map(|t| t.name.clone()),
+        )
+        .with_reopen(url),
+    );
     sync.reload_all().await?;
     let task = tokio::spawn(sync.clone().run(shutdown));
     Ok((sync, task))

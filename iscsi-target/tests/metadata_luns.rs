@@ -49,6 +49,10 @@ struct StoreDaemon {
 
 impl StoreDaemon {
     async fn start(store: Arc<dyn MetadataStore>) -> StoreDaemon {
+        Self::start_with(store, None).await
+    }
+
+    async fn start_with(store: Arc<dyn MetadataStore>, reopen: Option<&str>) -> StoreDaemon {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut cfg = Config::default();
         cfg.targets[0].luns[0].size = "16M".into();
@@ -58,14 +62,18 @@ impl StoreDaemon {
         cfg.listen = vec![addr];
         let targets = iscsi_target::daemon::build_targets(&cfg, std::slice::from_ref(&listener))
             .expect("targets build");
-        let sync = Arc::new(StoreSync::new(
+        let mut sync = StoreSync::new(
             targets.clone(),
             store,
             NodeId::new(NODE).expect("node id"),
             cfg.data_dir.clone(),
             EngineChoice::Auto,
             cfg.targets.iter().map(|t| t.name.clone()),
-        ));
+        );
+        if let Some(url) = reopen {
+            sync = sync.with_reopen(url);
+        }
+        let sync = Arc::new(sync);
         sync.reload_all().await.expect("initial load");
         let (tx, rx) = watch::channel(false);
         let feed = tokio::spawn(sync.clone().run(rx.clone()));
@@ -368,4 +376,112 @@ async fn unreachable_store_is_a_clear_error() {
         Err(e) => e.to_string(),
     };
     assert!(e.contains("redis://"), "{e}");
+}
+
+/// A redis-server on a given loopback port (to restart one in place),
+/// killed on drop.
+struct FixedRedis {
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl FixedRedis {
+    fn start(port: u16) -> FixedRedis {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server (see scripts/install-test-deps.sh)");
+        for _ in 0..500 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return FixedRedis { child, _dir: dir };
+            }
+            if let Ok(Some(st)) = child.try_wait() {
+                panic!("redis-server on port {port} exited: {st}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        panic!("redis-server on port {port} did not come up");
+    }
+}
+
+impl Drop for FixedRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restart_resubscribes_and_reloads() {
+    if std::env::var("LOCUS_TEST_REDIS_URL").is_ok() {
+        return; // needs a private server it can kill
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let url = format!("redis://127.0.0.1:{port}/0");
+    let first = FixedRedis::start(port);
+    let admin = blockmap::store::open(&url).await.expect("admin store");
+    let daemon_store = iscsi_target::metadata::open_store(&url)
+        .await
+        .expect("daemon store");
+    let d = StoreDaemon::start_with(daemon_store, Some(&url)).await;
+    add_node(&*admin, NODE, 7901).await;
+    ops::create_image(&*admin, &spec("vm1", ByteSize::mib(8), NODE))
+        .await
+        .expect("create image");
+    ops::create_target(&*admin, &iqn()).await.expect("target");
+    ops::add_lun(&*admin, &iqn(), &name("vm1"), Some(0))
+        .await
+        .expect("lun");
+    wait_for("LUN 0 served", || {
+        d.targets
+            .scsi_target(IQN)
+            .is_some_and(|t| t.lun(0).is_some())
+    })
+    .await;
+
+    // Redis goes away: what is served stays served.
+    drop(first);
+    drop(admin);
+    let mut w = Wire::connect(d.addr).await;
+    w.login(IQN, &[]).await;
+    let (status, _) = command(&mut w, &rw10(0x28, 0, 1), 4096, true, Bytes::new()).await;
+    assert_eq!(status, 0, "I/O does not depend on the store");
+
+    // It comes back empty (no persistence): the daemon re-subscribes, and
+    // its full reload drops the old target; a new one appears live.
+    let _second = FixedRedis::start(port);
+    let admin = blockmap::store::open(&url)
+        .await
+        .expect("admin store again");
+    wait_for("the full reload after the restart", || {
+        d.targets.lookup(IQN).is_none()
+    })
+    .await;
+    let iqn2 = Iqn::new("iqn.2026-11.io.locus:after-restart").expect("iqn");
+    add_node(&*admin, NODE, 7901).await;
+    ops::create_image(&*admin, &spec("vm2", ByteSize::mib(8), NODE))
+        .await
+        .expect("create image");
+    ops::create_target(&*admin, &iqn2).await.expect("target");
+    ops::add_lun(&*admin, &iqn2, &name("vm2"), Some(0))
+        .await
+        .expect("lun");
+    wait_for("the new target after the restart", || {
+        d.targets
+            .scsi_target(iqn2.as_str())
+            .is_some_and(|t| t.lun(0).is_some())
+    })
+    .await;
+    drop(w);
+    d.stop().await;
 }

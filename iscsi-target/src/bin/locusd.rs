@@ -85,13 +85,6 @@ async fn serve(cfg: Config) -> Result<()> {
         listeners.push(l);
     }
     let targets = iscsi_target::daemon::build_targets(&cfg, &listeners)?;
-    for l in &listeners {
-        tracing::info!(portal = %l.local_addr()?, data_dir = %cfg.data_dir.display(),
-            "locusd listening");
-    }
-    if cfg.targets.iter().any(|t| t.name == DEFAULT_TARGET) {
-        tracing::info!(target = DEFAULT_TARGET, "serving the default target");
-    }
     let (tx, rx) = tokio::sync::watch::channel(false);
     if let Some(url) = &cfg.metadata {
         let node = cfg
@@ -104,6 +97,13 @@ async fn serve(cfg: Config) -> Result<()> {
                 "cannot serve the targets of the metadata store (--metadata / LOCUS_METADATA)",
             )?;
         tracing::info!(node = %node, "serving the targets of the metadata store too");
+    }
+    for l in &listeners {
+        tracing::info!(portal = %l.local_addr()?, data_dir = %cfg.data_dir.display(),
+            "locusd listening");
+    }
+    if cfg.targets.iter().any(|t| t.name == DEFAULT_TARGET) {
+        tracing::info!(target = DEFAULT_TARGET, "serving the default target");
     }
     tokio::spawn(async move {
         wait_for_signal().await;
