@@ -39,7 +39,7 @@ use tokio::sync::watch;
 use crate::imagelun::{build_unit, check_placement, ImageBackend, ImageGeometry, PlacementError};
 use crate::login::{ChapCredentials, TargetAuthInfo};
 use crate::scsi::LogicalUnit;
-use crate::storage::EngineChoice;
+use crate::storage::{BlockBackend, EngineChoice};
 use crate::targets::{TargetSet, PORTAL_GROUP_TAG};
 
 /// First delay before re-subscribing after the feed ended.
@@ -228,7 +228,10 @@ impl StoreSync {
                 kind: DocKind::Target,
                 key,
             } => {
-                let iqn = Iqn::new(key.as_str())?;
+                let Ok(iqn) = Iqn::new(key.as_str()) else {
+                    tracing::warn!(key, "change feed: ignoring a target with an invalid name");
+                    return Ok(());
+                };
                 let t = match ops::get_target(&*self.store(), &iqn).await {
                     Ok(t) => Some(t),
                     Err(e) if e.kind() == ErrorKind::NotFound => None,
@@ -439,6 +442,13 @@ impl StoreSync {
         for img in unused {
             if let Some(u) = st.units.remove(&img) {
                 u.backend.revoke();
+                // What was written before the LUN went away reaches stable
+                // storage, as at shutdown.
+                tokio::spawn(async move {
+                    if let Err(e) = u.backend.flush().await {
+                        tracing::error!(image = %img, error = %e, "flush of a removed LUN failed");
+                    }
+                });
             }
         }
     }

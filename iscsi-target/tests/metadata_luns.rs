@@ -277,6 +277,37 @@ async fn scenario(admin: Arc<dyn MetadataStore>, daemon: Arc<dyn MetadataStore>)
     assert_eq!(login_status(d.addr, INITIATOR).await, (0, 0));
     w.ping().await;
 
+    // CHAP: required from the next login on (AuthMethod=None fails 02/01),
+    // and cleared again.
+    let cred = blockmap::target::ChapCredential::new("user1", "secret-secret-12").expect("cred");
+    ops::set_chap(
+        admin,
+        &iqn(),
+        Some(blockmap::target::Chap {
+            initiator: cred,
+            mutual: None,
+        }),
+    )
+    .await
+    .expect("set chap");
+    wait_for("CHAP", || {
+        d.targets.lookup(IQN).is_some_and(|t| t.chap.is_some())
+    })
+    .await;
+    assert_eq!(
+        login_status(d.addr, INITIATOR).await,
+        (2, 1),
+        "CHAP is required"
+    );
+    ops::set_chap(admin, &iqn(), None)
+        .await
+        .expect("clear chap");
+    wait_for("CHAP cleared", || {
+        d.targets.lookup(IQN).is_some_and(|t| t.chap.is_none())
+    })
+    .await;
+    assert_eq!(login_status(d.addr, INITIATOR).await, (0, 0));
+
     // An image placed only on another node is not served, and is reported.
     add_node(admin, "node-b", 7902).await;
     ops::create_image(admin, &spec("remote", ByteSize::mib(8), "node-b"))
