@@ -82,6 +82,13 @@ pub struct Config {
     /// Seconds a keepalive may go unanswered before the session is dropped.
     #[serde(default = "default_nop_timeout")]
     pub nop_timeout_secs: u64,
+    /// Metadata store to serve targets from as well (`redis://...` or a
+    /// directory for the embedded store); none = config targets only.
+    #[serde(default)]
+    pub metadata: Option<String>,
+    /// This node's id in the node registry (default: the host name).
+    #[serde(default)]
+    pub node: Option<String>,
     /// Targets.
     #[serde(default, rename = "target")]
     pub targets: Vec<TargetConfig>,
@@ -190,6 +197,8 @@ impl Default for Config {
             queue_depth: default_queue_depth(),
             nop_interval_secs: default_nop_interval(),
             nop_timeout_secs: default_nop_timeout(),
+            metadata: None,
+            node: None,
             targets: vec![TargetConfig {
                 name: DEFAULT_TARGET.into(),
                 alias: Some("Locus default target".into()),
@@ -248,6 +257,17 @@ impl Config {
                 "queue_depth {} must be 1..=65535",
                 self.queue_depth
             ));
+        }
+        if self
+            .metadata
+            .as_deref()
+            .is_some_and(|m| m.trim().is_empty())
+        {
+            return bad("`metadata` must be a redis:// URL or a directory".into());
+        }
+        if let Some(n) = &self.node {
+            blockmap::types::NodeId::new(n.as_str())
+                .map_err(|e| ConfigError::Invalid(format!("`node`: {e}")))?;
         }
         let mut names = std::collections::HashSet::new();
         for t in &self.targets {

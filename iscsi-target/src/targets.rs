@@ -123,6 +123,36 @@ impl TargetSet {
         Ok(())
     }
 
+    /// Installs a target's login view (name, alias, ACL, CHAP), or replaces
+    /// the view of an existing one while keeping its LUNs; returns its SCSI
+    /// side. Used for live changes from the metadata store: the new view
+    /// applies to the next login (RFC 7143 §6.1).
+    pub fn upsert_target(&self, auth: TargetAuthInfo) -> Arc<ScsiTarget> {
+        let mut map = self.write();
+        let key = auth.name.to_ascii_lowercase();
+        if let Some(t) = map.get_mut(&key) {
+            t.auth = auth;
+            return t.scsi.clone();
+        }
+        let scsi = Arc::new(ScsiTarget::new(&auth.name));
+        map.insert(
+            key,
+            Target {
+                auth,
+                scsi: scsi.clone(),
+            },
+        );
+        scsi
+    }
+
+    /// Removes a target from login and discovery; returns its SCSI side
+    /// (sessions already logged in keep their `Arc` until they end).
+    pub fn remove_target(&self, name: &str) -> Option<Arc<ScsiTarget>> {
+        self.write()
+            .remove(&name.to_ascii_lowercase())
+            .map(|t| t.scsi)
+    }
+
     fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Target>> {
         // Updates are single inserts; a poisoned lock still holds a valid map.
         self.targets.read().unwrap_or_else(|p| p.into_inner())

@@ -31,6 +31,13 @@ struct Args {
     /// Storage engine: auto (io_uring when the kernel allows it), uring or pool.
     #[arg(long, value_name = "ENGINE")]
     engine: Option<String>,
+    /// Also serve the targets of this metadata store: redis://[:password@]host:port/db,
+    /// or a directory for the embedded store. Default: config targets only.
+    #[arg(long, value_name = "URL", env = "LOCUS_METADATA")]
+    metadata: Option<String>,
+    /// This node's id in the node registry (default: the host name).
+    #[arg(long, value_name = "ID")]
+    node: Option<String>,
 }
 
 fn main() -> Result<()> {
@@ -55,6 +62,12 @@ fn main() -> Result<()> {
     }
     if let Some(e) = args.engine {
         cfg.engine = e;
+    }
+    if args.metadata.is_some() {
+        cfg.metadata = args.metadata;
+    }
+    if args.node.is_some() {
+        cfg.node = args.node;
     }
     cfg.validate()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -86,6 +99,19 @@ async fn serve(cfg: Config) -> Result<()> {
         listeners.push(l);
     }
     let targets = iscsi_target::daemon::build_targets(&cfg, &listeners)?;
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    if let Some(url) = &cfg.metadata {
+        let node = cfg
+            .node
+            .clone()
+            .unwrap_or_else(iscsi_target::metadata::default_node_id);
+        iscsi_target::metadata::start(url, &node, targets.clone(), &cfg, rx.clone())
+            .await
+            .context(
+                "cannot serve the targets of the metadata store (--metadata / LOCUS_METADATA)",
+            )?;
+        tracing::info!(node = %node, "serving the targets of the metadata store too");
+    }
     for l in &listeners {
         tracing::info!(portal = %l.local_addr()?, data_dir = %cfg.data_dir.display(),
             "locusd listening");
@@ -93,7 +119,6 @@ async fn serve(cfg: Config) -> Result<()> {
     if cfg.targets.iter().any(|t| t.name == DEFAULT_TARGET) {
         tracing::info!(target = DEFAULT_TARGET, "serving the default target");
     }
-    let (tx, rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         wait_for_signal().await;
         tracing::info!("signal received, shutting down");
