@@ -346,3 +346,47 @@ async fn shutdown_asks_initiators_to_log_out() {
         .await
         .expect("daemon stopped after the session logged out");
 }
+
+#[tokio::test]
+async fn keepalive_drops_an_initiator_that_stops_answering() {
+    let d = TestDaemon::start(Some("nop_interval_secs = 1\nnop_timeout_secs = 1\n")).await;
+    let mut w = Wire::connect(d.addr).await;
+    w.login(TARGET, &[]).await;
+    // Idle: the target pings with a NOP-In that asks for an answer.
+    let p = w.recv().await.expect("NOP-In ping");
+    match &p.bhs {
+        Bhs::NopIn(n) => {
+            assert_eq!(n.itt, Itt::RESERVED, "a target-initiated ping");
+            assert_ne!(n.ttt, Ttt::RESERVED, "it asks for a NOP-Out answer");
+        }
+        other => panic!("expected NOP-In, got {other:?}"),
+    }
+    // We never answer: the target must give up on us and close.
+    assert!(w.recv().await.is_none(), "dead initiator dropped");
+}
+
+#[tokio::test]
+async fn keepalive_keeps_an_initiator_that_answers() {
+    let d = TestDaemon::start(Some("nop_interval_secs = 1\nnop_timeout_secs = 1\n")).await;
+    let mut w = Wire::connect(d.addr).await;
+    w.login(TARGET, &[]).await;
+    for _ in 0..2 {
+        let p = w.recv().await.expect("NOP-In ping");
+        let Bhs::NopIn(n) = &p.bhs else {
+            panic!("expected NOP-In, got {:?}", p.bhs)
+        };
+        let answer = Pdu::new(
+            Bhs::NopOut(iscsi_target::pdu::NopOut {
+                immediate: true,
+                lun: 0,
+                itt: Itt::RESERVED,
+                ttt: n.ttt,
+                cmd_sn: w.cmd_sn,
+                exp_stat_sn: w.exp_stat_sn,
+            }),
+            Bytes::new(),
+        );
+        w.send(&answer).await;
+    }
+    w.ping().await;
+}
