@@ -114,10 +114,58 @@ pub(crate) fn write_inline(
     data: &[u8],
     fua: bool,
 ) -> Option<Result<(), StorageError>> {
-    use std::os::unix::io::AsRawFd;
     if fua || data.len() > INLINE_WRITE_MAX || data.is_empty() || !inline_writes_enabled() {
         return None;
     }
+    if inline_backoff::active() {
+        return None;
+    }
+    let started = std::time::Instant::now();
+    let result = write_inline_now(file, offset, data)?;
+    inline_backoff::observe(started.elapsed());
+    Some(result)
+}
+
+/// Backs inline writes off after one of them blocked. A buffered write that
+/// lands on a page under writeback waits for that I/O (stable pages); done
+/// inline, the wait would stall the whole connection, so for a short while
+/// writes go to the engine's threads, where they wait in parallel.
+mod inline_backoff {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
+    use std::time::{Duration, Instant};
+
+    /// An inline write slower than this blocked in the kernel.
+    const BLOCKED: Duration = Duration::from_micros(200);
+    /// How long writes then avoid the inline path.
+    const BACKOFF: Duration = Duration::from_millis(200);
+
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    /// Nanoseconds since EPOCH until which inline writes are off.
+    static UNTIL: AtomicU64 = AtomicU64::new(0);
+
+    fn now() -> u64 {
+        let e = *EPOCH.get_or_init(Instant::now);
+        u64::try_from(e.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    pub(super) fn active() -> bool {
+        let until = UNTIL.load(Ordering::Relaxed);
+        until != 0 && now() < until
+    }
+
+    pub(super) fn observe(took: Duration) {
+        if took > BLOCKED {
+            UNTIL.store(
+                now().saturating_add(BACKOFF.as_nanos() as u64),
+                Ordering::Relaxed,
+            );
+        }
+    }
+}
+
+fn write_inline_now(file: &File, offset: u64, data: &[u8]) -> Option<Result<(), StorageError>> {
+    use std::os::unix::io::AsRawFd;
     let iov = libc::iovec {
         iov_base: data.as_ptr() as *mut libc::c_void,
         iov_len: data.len(),
