@@ -365,3 +365,26 @@ fn continued_text_over_cap_is_0200() {
     assert_ok(&m.step(&r));
     assert_status(&m.step(&r), 2, 0);
 }
+
+/// Found by the `text_keys` fuzz target: an initiator sending a key only a
+/// target may send (TargetAlias, TargetPortalGroupTag, TargetAddress) used to
+/// get a response with that key twice. It is an initiator error (02/00).
+#[test]
+fn initiator_sending_target_only_keys_is_an_initiator_error() {
+    for key in ["TargetAlias", "TargetPortalGroupTag", "TargetAddress"] {
+        let mut m = machine();
+        let out = m.step(&req(
+            0,
+            1,
+            true,
+            kv(&[
+                ("InitiatorName", INITIATOR),
+                ("TargetName", OPEN_TARGET),
+                ("AuthMethod", "None"),
+                (key, "1"),
+            ]),
+        ));
+        assert_status(&out, 2, 0);
+        assert!(out.fatal, "{key}");
+    }
+}

@@ -227,6 +227,9 @@ pub enum NegotiationError {
     /// A key was offered or declared a second time during login.
     #[error("key {0} negotiated more than once")]
     Duplicate(String),
+    /// The initiator sent a key that only a target may send.
+    #[error("key {0} may only be sent by a target")]
+    TargetOnlyKey(String),
     /// A declaration we must not answer carried an invalid value.
     #[error("invalid value {value:?} for declarative key {key}")]
     InvalidDeclaration {
@@ -371,12 +374,14 @@ impl Negotiator {
                 self.params.initiator_mrdsl = u32::try_from(v).unwrap_or(8192);
                 Ok(None)
             }
-            // Target-only declarations and FFP inquiries have no place in
-            // an initiator's login offer.
-            KeyId::TargetAlias
-            | KeyId::TargetAddress
-            | KeyId::TargetPortalGroupTag
-            | KeyId::SendTargets => reject(),
+            // Keys only a target may send (RFC 7143 §13.6, §13.8, §13.9):
+            // an initiator sending one breaks the protocol. Answering it
+            // would also duplicate our own declaration of the same key.
+            KeyId::TargetAlias | KeyId::TargetAddress | KeyId::TargetPortalGroupTag => {
+                Err(NegotiationError::TargetOnlyKey(def.name.into()))
+            }
+            // An FFP inquiry has no place in a login offer.
+            KeyId::SendTargets => reject(),
             KeyId::HeaderDigest | KeyId::DataDigest => {
                 let policy = if def.id == KeyId::HeaderDigest {
                     l.header_digest

@@ -167,7 +167,6 @@ fn unknown_vendor_obsolete_and_misplaced_keys() {
             ("OFMarker", "Yes"),
             ("OFMarkInt", "2048~8192"),
             ("IFMarkInt", "2048"),
-            ("TargetAlias", "me"),
             ("SendTargets", "All"),
             ("TaskReporting", "ResponseFence,RFC3720"),
             ("iSCSIProtocolLevel", "2"),
@@ -180,13 +179,17 @@ fn unknown_vendor_obsolete_and_misplaced_keys() {
     assert_eq!(get(&out, "OFMarker"), Some("No"));
     assert_eq!(get(&out, "OFMarkInt"), Some("Reject"));
     assert_eq!(get(&out, "IFMarkInt"), Some("Reject"));
-    assert_eq!(get(&out, "TargetAlias"), Some("Reject"));
     assert_eq!(get(&out, "SendTargets"), Some("Reject"));
     assert_eq!(get(&out, "TaskReporting"), Some("RFC3720"));
     assert_eq!(get(&out, "iSCSIProtocolLevel"), Some("1"));
     assert_eq!(n.params().protocol_level, 1);
     let out = n.negotiate(&pairs(&[("TaskReporting2", "x")])).unwrap();
     assert_eq!(out.len(), 1);
+    // A key only a target may send is a protocol error, not a Reject.
+    assert!(matches!(
+        normal().negotiate(&pairs(&[("TargetAlias", "me")])),
+        Err(NegotiationError::TargetOnlyKey(_))
+    ));
 }
 
 #[test]
