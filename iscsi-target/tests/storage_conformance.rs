@@ -132,6 +132,35 @@ async fn conformance(b: Arc<dyn BlockBackend>) {
     for (i, t) in reads.into_iter().enumerate() {
         assert_eq!(t.await.unwrap(), expect[i], "{name}: concurrent read {i}");
     }
+    // Large cached reads: a later write and a hole punched into the range are
+    // seen by the next read, and a buffer already returned never changes
+    // (Bytes are immutable: the transport computes data digests over them
+    // before sending, and EXTENDED COPY writes them back into the same file;
+    // a live view of the page cache would break both).
+    let big = pattern(77, 1 << 20);
+    b.write(4 << 20, big.clone(), false).await.unwrap();
+    let first = b.read(4 << 20, 1 << 20).await.unwrap();
+    assert!(first == big, "{name}: 1 MiB cached read");
+    b.write((4 << 20) + 4096, pattern(78, 4096), false)
+        .await
+        .unwrap();
+    b.discard((4 << 20) + 65536, 65536).await.unwrap();
+    let second = b.read(4 << 20, 1 << 20).await.unwrap();
+    assert!(
+        first == big,
+        "{name}: a returned buffer changed under a later write"
+    );
+    assert_eq!(&second[..4096], &big[..4096], "{name}: untouched head");
+    assert_eq!(
+        &second[4096..8192],
+        &pattern(78, 4096)[..],
+        "{name}: later write seen"
+    );
+    assert!(
+        second[65536..131072].iter().all(|&x| x == 0),
+        "{name}: hole reads as zeroes"
+    );
+    assert_eq!(&second[131072..], &big[131072..], "{name}: untouched tail");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
