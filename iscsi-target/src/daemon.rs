@@ -101,6 +101,7 @@ pub async fn run(
             }
         }
     }
+    conns.retain(|t| !t.is_finished());
     tracing::info!(
         sessions = conns.len(),
         "shutting down: asking initiators to log out"
