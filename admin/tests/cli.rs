@@ -1,6 +1,7 @@
 //! The `locus` binary against the embedded store and a real redis-server:
 //! output, `--json` and exit codes.
 
+#[path = "../../tests/tests/common/mod.rs"]
 mod common;
 
 use common::redis::RedisServer;

@@ -82,9 +82,6 @@ pub async fn serve_connection(stream: TcpStream, peer: SocketAddr, ctx: Arc<Conn
     let (tx, rx) = mpsc::channel::<Vec<Bytes>>(256);
     let writer = tokio::spawn(writer_task(writer, rx));
     let mut buf = BytesMut::with_capacity(64 * 1024);
-    let span = tracing::info_span!("conn", %peer);
-    let _enter = span.enter();
-    drop(_enter);
 
     let login = match login_phase(&mut reader, &mut buf, &tx, &ctx).await {
         Ok(Some(l)) => l,

@@ -7,6 +7,7 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
+use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
@@ -191,6 +192,20 @@ fn write_inline_now(file: &File, offset: u64, data: &[u8]) -> Option<Result<(), 
     // Partial NOWAIT write or no NOWAIT support: finish with a plain pwrite.
     let done = usize::try_from(n).unwrap_or(0);
     Some(write_at(file, offset + done as u64, &data[done..], false))
+}
+
+/// Runs `f` on tokio's blocking pool with the file: the slow path of every
+/// file engine (a read that is not cached, hole punching, allocation
+/// queries).
+pub(crate) async fn on_blocking_pool<T, F>(file: &Arc<File>, f: F) -> Result<T, StorageError>
+where
+    T: Send + 'static,
+    F: FnOnce(&File) -> Result<T, StorageError> + Send + 'static,
+{
+    let file = Arc::clone(file);
+    tokio::task::spawn_blocking(move || f(&file))
+        .await
+        .map_err(|_| StorageError::EngineGone)?
 }
 
 /// pread the whole range.

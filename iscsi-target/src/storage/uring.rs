@@ -370,10 +370,7 @@ impl UringBackend {
         T: Send + 'static,
         F: FnOnce(&File) -> Result<T, StorageError> + Send + 'static,
     {
-        let file = Arc::clone(&self.file);
-        tokio::task::spawn_blocking(move || f(&file))
-            .await
-            .map_err(|_| StorageError::EngineGone)?
+        fileops::on_blocking_pool(&self.file, f).await
     }
 }
 
