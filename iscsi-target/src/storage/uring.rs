@@ -1,10 +1,12 @@
 //! io_uring engine: one worker thread per backing file owns a ring.
 //!
 //! Requests arrive on a channel. Each round the worker drains everything
-//! queued, pushes one SQE per request, calls `submit_and_wait` once, and
+//! queued, pushes the SQEs of each request, calls `submit_and_wait` once, and
 //! reaps all completions, answering each request on its oneshot channel.
 //! Submissions are thus batched per poll round. Reads, writes (FUA as
-//! `RWF_DSYNC`) and fdatasync go through the ring; hole punching and
+//! `RWF_DSYNC`) and fdatasync go through the ring; a large buffered write
+//! goes as a chain of linked SQEs of `fileops::WRITE_PIECE` bytes each, so
+//! that it leaves small page-cache folios behind. Hole punching and
 //! SEEK_DATA/SEEK_HOLE run on the blocking pool (they are rare).
 //!
 //! The kernel is probed for io_uring once per process ([`probe`]).
@@ -25,6 +27,45 @@ use super::{check_range, fileops, BlockBackend, StorageError};
 const RING_ENTRIES: u32 = 256;
 /// Largest single SQE transfer; longer requests continue as "short" I/O.
 const MAX_SQE_LEN: usize = 1 << 30;
+/// Most linked write pieces submitted for one request per round (a quarter
+/// of the ring); a longer write continues in the next round.
+const MAX_CHAIN: usize = 64;
+
+/// A request whose SQEs are in the ring, with what their completions said.
+struct Submitted {
+    req: InFlight,
+    /// Byte count of each SQE, in chain order.
+    lens: Vec<u32>,
+    /// Completions still to come.
+    outstanding: usize,
+    /// Result of the first SQE (in chain order) that did not transfer its
+    /// whole length, if any.
+    first_short: Option<(usize, i32)>,
+}
+
+impl Submitted {
+    /// Records the completion of SQE `piece`; true when all are in.
+    fn on_cqe(&mut self, piece: usize, res: i32) -> bool {
+        let full = self.lens.get(piece).is_some_and(|&n| res == n as i32);
+        if !full && self.first_short.is_none_or(|(p, _)| piece < p) {
+            self.first_short = Some((piece, res));
+        }
+        self.outstanding -= 1;
+        self.outstanding == 0
+    }
+
+    /// The whole submission as one result, as if it had been one SQE: bytes
+    /// written up to the first break, or that break's error when nothing
+    /// was written before it.
+    fn chain_result(&self) -> i32 {
+        let total = |n: usize| self.lens[..n].iter().map(|&l| l as i32).sum::<i32>();
+        match self.first_short {
+            None => total(self.lens.len()),
+            Some((0, res)) => res,
+            Some((p, res)) => total(p) + res.max(0),
+        }
+    }
+}
 
 /// Whether io_uring works on this kernel (probed once: create a ring and
 /// complete a NOP). `kernel.io_uring_disabled` or seccomp make this false.
@@ -88,8 +129,24 @@ enum InFlight {
 }
 
 impl InFlight {
-    fn sqe(&mut self, fd: i32, slot: usize) -> io_uring::squeue::Entry {
+    /// The SQEs that carry this request from where it stands, tagged with
+    /// `slot` (low 32 bits) and the piece index (high 32 bits).
+    ///
+    /// A buffered write without FUA goes as a chain of linked SQEs, one per
+    /// [`fileops::WRITE_PIECE`] (at most [`MAX_CHAIN`] per round), so that it
+    /// leaves small page-cache folios behind as the pool engine's pwrites do.
+    /// A link breaks at the first short or failed piece; the rest then
+    /// complete with `-ECANCELED` and [`Submitted::chain_result`] reports the
+    /// bytes written before the break.
+    fn sqes(
+        &mut self,
+        fd: i32,
+        slot: usize,
+        out: &mut Vec<io_uring::squeue::Entry>,
+        lens: &mut Vec<u32>,
+    ) {
         let fd = types::Fd(fd);
+        let tag = |piece: usize| slot as u64 | ((piece as u64) << 32);
         match self {
             InFlight::Read {
                 buf, offset, done, ..
@@ -97,10 +154,13 @@ impl InFlight {
                 let n = (buf.len() - *done).min(MAX_SQE_LEN) as u32;
                 // SAFETY: `done < buf.len()` while the read is pending.
                 let ptr = unsafe { buf.as_mut_ptr().add(*done) };
-                opcode::Read::new(fd, ptr, n)
-                    .offset(*offset + *done as u64)
-                    .build()
-                    .user_data(slot as u64)
+                lens.push(n);
+                out.push(
+                    opcode::Read::new(fd, ptr, n)
+                        .offset(*offset + *done as u64)
+                        .build()
+                        .user_data(tag(0)),
+                );
             }
             InFlight::Write {
                 data,
@@ -109,19 +169,44 @@ impl InFlight {
                 fua,
                 ..
             } => {
-                let n = (data.len() - *done).min(MAX_SQE_LEN) as u32;
-                // SAFETY: `done <= data.len()`.
-                let ptr = unsafe { data.as_ptr().add(*done) };
-                opcode::Write::new(fd, ptr, n)
-                    .offset(*offset + *done as u64)
-                    .rw_flags(if *fua { libc::RWF_DSYNC } else { 0 })
-                    .build()
-                    .user_data(slot as u64)
+                let rest = data.len() - *done;
+                let at = *offset + *done as u64;
+                let pieces: Vec<(u64, usize)> = if *fua {
+                    // One SQE: RWF_DSYNC syncs the range it wrote.
+                    vec![(at, rest.min(MAX_SQE_LEN))]
+                } else {
+                    fileops::write_pieces(at, rest)
+                        .take(MAX_CHAIN)
+                        .map(|(o, r)| (o, r.len()))
+                        .collect()
+                };
+                let last = pieces.len() - 1;
+                let mut from = *done;
+                for (i, (o, n)) in pieces.into_iter().enumerate() {
+                    // SAFETY: `from + n <= data.len()`.
+                    let ptr = unsafe { data.as_ptr().add(from) };
+                    let mut sqe = opcode::Write::new(fd, ptr, n as u32)
+                        .offset(o)
+                        .rw_flags(if *fua { libc::RWF_DSYNC } else { 0 })
+                        .build()
+                        .user_data(tag(i));
+                    if i < last {
+                        sqe = sqe.flags(io_uring::squeue::Flags::IO_LINK);
+                    }
+                    out.push(sqe);
+                    lens.push(n as u32);
+                    from += n;
+                }
             }
-            InFlight::Flush { .. } => opcode::Fsync::new(fd)
-                .flags(types::FsyncFlags::DATASYNC)
-                .build()
-                .user_data(slot as u64),
+            InFlight::Flush { .. } => {
+                lens.push(0);
+                out.push(
+                    opcode::Fsync::new(fd)
+                        .flags(types::FsyncFlags::DATASYNC)
+                        .build()
+                        .user_data(tag(0)),
+                );
+            }
         }
     }
 
@@ -219,7 +304,8 @@ impl InFlight {
 
 fn worker(mut ring: IoUring, file: Arc<File>, rx: mpsc::Receiver<Request>) {
     let fd = file.as_raw_fd();
-    let mut slots: Vec<Option<InFlight>> = Vec::new();
+    let mut slots: Vec<Option<Submitted>> = Vec::new();
+    let mut entries: Vec<io_uring::squeue::Entry> = Vec::new();
     let mut free: Vec<usize> = Vec::new();
     let mut ready: VecDeque<InFlight> = VecDeque::new();
     let mut inflight = 0usize;
@@ -242,30 +328,39 @@ fn worker(mut ring: IoUring, file: Arc<File>, rx: mpsc::Receiver<Request>) {
         if !open && inflight == 0 && ready.is_empty() {
             return;
         }
-        // 2. Push as many SQEs as fit.
+        // 2. Push the SQEs of as many requests as fit.
         {
             let mut sq = ring.submission();
             while let Some(mut req) = ready.pop_front() {
-                if sq.is_full() {
-                    ready.push_front(req);
-                    break;
-                }
+                entries.clear();
+                let mut lens = Vec::with_capacity(1);
                 let slot = free.pop().unwrap_or_else(|| {
                     slots.push(None);
                     slots.len() - 1
                 });
-                let sqe = req.sqe(fd, slot);
-                slots[slot] = Some(req);
-                // SAFETY: the entry points into the buffer owned by `slots[slot]`,
-                // which is not touched or dropped until its completion is reaped.
-                if unsafe { sq.push(&sqe) }.is_err() {
-                    if let Some(req) = slots[slot].take() {
-                        ready.push_front(req);
+                req.sqes(fd, slot, &mut entries, &mut lens);
+                if sq.capacity() - sq.len() < entries.len() {
+                    ready.push_front(req);
+                    free.push(slot);
+                    break;
+                }
+                slots[slot] = Some(Submitted {
+                    req,
+                    lens,
+                    outstanding: entries.len(),
+                    first_short: None,
+                });
+                // SAFETY: the entries point into the buffer owned by `slots[slot]`,
+                // which is not touched or dropped until all its completions are
+                // reaped. There is room for all of them (checked above).
+                if unsafe { sq.push_multiple(&entries) }.is_err() {
+                    if let Some(sub) = slots[slot].take() {
+                        ready.push_front(sub.req);
                     }
                     free.push(slot);
                     break;
                 }
-                inflight += 1;
+                inflight += entries.len();
             }
         }
         // 3. One submit per round; wait for at least one completion.
@@ -273,8 +368,8 @@ fn worker(mut ring: IoUring, file: Arc<File>, rx: mpsc::Receiver<Request>) {
         if let Err(e) = ring.submit_and_wait(want) {
             if e.raw_os_error() != Some(libc::EINTR) && e.raw_os_error() != Some(libc::EBUSY) {
                 // The ring is unusable: fail everything in flight and stop.
-                for req in slots.iter_mut().filter_map(Option::take) {
-                    fail(req);
+                for sub in slots.iter_mut().filter_map(Option::take) {
+                    fail(sub.req);
                 }
                 for req in ready.drain(..) {
                     fail(req);
@@ -287,14 +382,22 @@ fn worker(mut ring: IoUring, file: Arc<File>, rx: mpsc::Receiver<Request>) {
             .completion()
             .map(|c| (c.user_data(), c.result()))
             .collect();
-        for (slot, res) in done {
-            let slot = slot as usize;
-            let Some(req) = slots.get_mut(slot).and_then(Option::take) else {
+        for (tag, res) in done {
+            let slot = (tag & u64::from(u32::MAX)) as usize;
+            let piece = (tag >> 32) as usize;
+            let Some(sub) = slots.get_mut(slot).and_then(Option::as_mut) else {
                 continue;
             };
             inflight -= 1;
+            if !sub.on_cqe(piece, res) {
+                continue;
+            }
+            let Some(sub) = slots[slot].take() else {
+                continue;
+            };
             free.push(slot);
-            if let Some(again) = req.complete(res) {
+            let res = sub.chain_result();
+            if let Some(again) = sub.req.complete(res) {
                 ready.push_back(again);
             }
         }
