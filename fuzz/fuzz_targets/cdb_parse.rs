@@ -96,6 +96,7 @@ fuzz_target!(|data: &[u8]| {
         expected_len: expected as u32,
         data_out: Bytes::copy_from_slice(data_out),
         attr: TaskAttr::Simple,
+        zero_copy: false,
     };
     let nexus = &w.nexus[usize::from(sel >> 5 & 1)];
     let resp = block_on(w.target.execute(nexus, req));

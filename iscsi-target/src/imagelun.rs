@@ -275,6 +275,13 @@ impl BlockBackend for ImageBackend {
         self.check("allocation")?;
         self.inner.allocation(offset).await
     }
+    fn cached_range(&self, offset: u64, len: usize) -> Option<crate::storage::FileRange> {
+        // A revoked image is read (and refused) through `read`.
+        if self.is_revoked() {
+            return None;
+        }
+        self.inner.cached_range(offset, len)
+    }
 }
 
 /// A logical unit over an image's local copy: geometry from the image,

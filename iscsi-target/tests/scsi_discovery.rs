@@ -106,6 +106,7 @@ async fn unknown_lun_handling() {
         expected_len: len,
         data_out: Bytes::new(),
         attr: TaskAttr::Simple,
+        zero_copy: false,
     };
     let r = t.execute(&n, req(&[0x12, 0, 0, 0, 36, 0], 36)).await;
     good(&r);
@@ -134,6 +135,7 @@ async fn unknown_lun_handling() {
         expected_len: len,
         data_out: Bytes::new(),
         attr: TaskAttr::Simple,
+        zero_copy: false,
     };
     let r = t.execute(&n, on0(&[0, 0, 0, 0, 0, 0], 0)).await;
     check(&r, 6, 0x3f, 0x0e);

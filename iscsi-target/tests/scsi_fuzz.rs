@@ -43,6 +43,7 @@ proptest! {
             expected_len: expected,
             data_out: Bytes::from(data).slice(..data_len),
             attr: TaskAttr::Simple,
+            zero_copy: false,
         }));
         prop_assert!(r.data_in.len() <= expected as usize);
         if r.status == ScsiStatus::CHECK_CONDITION {
@@ -87,6 +88,7 @@ proptest! {
             expected_len: expected,
             data_out: Bytes::from(data),
             attr: TaskAttr::Simple,
+            zero_copy: false,
         }));
         prop_assert!(r.data_in.is_empty());
         prop_assert_eq!(r.status == ScsiStatus::CHECK_CONDITION, r.sense.is_some());

@@ -279,18 +279,11 @@ impl Pdu {
     /// MaxRecvDataSegmentLength (at most 2^24-1 bytes).
     pub fn encode(&self, digests: Digests, out: &mut Vec<Bytes>) {
         let ahs_len: usize = self.ahs.iter().map(Ahs::encoded_len).sum();
-        let header = self.header_writer().finish(ahs_len, self.data.len());
         let inline = self.data.len() <= INLINE_DATA;
         let mut buf = BytesMut::with_capacity(
             BHS_LEN + ahs_len + 8 + if inline { self.data.len() + 4 } else { 0 },
         );
-        buf.put_slice(&header);
-        for ahs in &self.ahs {
-            ahs.encode(&mut buf);
-        }
-        if digests.header {
-            buf.put_slice(&digest::to_wire(digest::crc32c(&buf)));
-        }
+        self.put_header(&mut buf, ahs_len, self.data.len(), digests);
         if self.data.is_empty() {
             out.push(buf.freeze());
             return;
@@ -318,6 +311,31 @@ impl Pdu {
                 }
                 out.push(tail.freeze());
             }
+        }
+    }
+
+    /// Encodes the header of a PDU whose data segment of `data_len` bytes
+    /// the caller sends itself (zero-copy Data-In from a file): BHS, AHS
+    /// and header digest, with DataSegmentLength set to `data_len`. The
+    /// caller then sends the data and [`pad_len`]`(data_len)` zero bytes.
+    /// `self.data` is ignored; a data digest cannot be had this way, so the
+    /// connection must not have negotiated one (RFC 7143 §13.1).
+    pub fn encode_header_for(&self, data_len: usize, digests: Digests) -> Bytes {
+        debug_assert!(!digests.data, "no data digest over external data");
+        let ahs_len: usize = self.ahs.iter().map(Ahs::encoded_len).sum();
+        let mut buf = BytesMut::with_capacity(BHS_LEN + ahs_len + 4);
+        self.put_header(&mut buf, ahs_len, data_len, digests);
+        buf.freeze()
+    }
+
+    /// BHS (with DataSegmentLength `data_len`), AHS and header digest.
+    fn put_header(&self, buf: &mut BytesMut, ahs_len: usize, data_len: usize, digests: Digests) {
+        buf.put_slice(&self.header_writer().finish(ahs_len, data_len));
+        for ahs in &self.ahs {
+            ahs.encode(buf);
+        }
+        if digests.header {
+            buf.put_slice(&digest::to_wire(digest::crc32c(buf)));
         }
     }
 

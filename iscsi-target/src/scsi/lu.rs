@@ -13,7 +13,7 @@ use super::opcodes::{code::*, OpInfo};
 use super::pr::PrState;
 use super::sense::{self, key, Sense};
 use super::{inquiry, mode, pr, rw, thin, Nexus, ScsiRequest};
-use crate::storage::{BlockBackend, StorageError, StorageErrorKind};
+use crate::storage::{BlockBackend, FileRange, StorageError, StorageErrorKind};
 
 /// Largest READ/WRITE transfer accepted, in bytes (VPD B0 MAXIMUM TRANSFER LENGTH).
 pub(crate) const MAX_TRANSFER_BYTES: u64 = 8 << 20;
@@ -190,6 +190,88 @@ impl From<Sense> for Fail {
 /// Result of a command: Data-In (possibly empty) or a failure.
 pub(crate) type CmdResult = Result<Bytes, Fail>;
 
+/// Data-In of a command as the LU produced it: in memory, or, for a plain
+/// READ whose transport allows it, a cached range of the backing file.
+#[derive(Debug)]
+pub(crate) enum Payload {
+    /// Bytes in memory.
+    Mem(Bytes),
+    /// A range of the backing file, to be sent from the page cache.
+    File(FileRange),
+}
+
+/// Zero-copy READ data of one LU: whether READ data may still go out as
+/// [`FileRange`]s, and how many of those are still being sent.
+///
+/// A range is sent after the READ has released `io_lock`, so it can show
+/// part of a later write. For plain writes that is allowed: commands in
+/// flight together have no order (SAM-5 8.6, SIMPLE task attribute), and
+/// the READ is not complete until its data has reached the initiator. The
+/// exclusive writers (COMPARE AND WRITE, ORWRITE, WRITE ATOMIC) promise
+/// more, so the first of them to run on a LU turns zero-copy off for the
+/// life of the LU and waits until every range already handed out has been
+/// given to the socket ([`ZeroCopy::stop`]).
+#[derive(Debug, Default)]
+pub(crate) struct ZeroCopy {
+    off: AtomicBool,
+    sending: Arc<Sending>,
+}
+
+#[derive(Debug, Default)]
+struct Sending {
+    count: std::sync::atomic::AtomicUsize,
+    idle: tokio::sync::Notify,
+}
+
+/// Counts one range handed out until its last slice is dropped.
+struct SendGuard(Arc<Sending>);
+
+impl Drop for SendGuard {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+impl ZeroCopy {
+    /// The cached range `[off, off + len)` of `backend`, counted until sent,
+    /// or `None` (zero-copy stopped, not a file, or not all cached).
+    pub(crate) fn range(
+        &self,
+        backend: &dyn BlockBackend,
+        off: u64,
+        len: usize,
+    ) -> Option<FileRange> {
+        if self.off.load(Ordering::SeqCst) {
+            return None;
+        }
+        let range = backend.cached_range(off, len)?;
+        self.sending.count.fetch_add(1, Ordering::SeqCst);
+        let guard = SendGuard(Arc::clone(&self.sending));
+        // Checked again after counting: `stop` either sees this range in
+        // the count or this check sees `off`.
+        if self.off.load(Ordering::SeqCst) {
+            return None;
+        }
+        Some(range.held_by(Arc::new(guard)))
+    }
+
+    /// Turns zero-copy off for good and waits until no range is being sent.
+    pub(crate) async fn stop(&self) {
+        self.off.store(true, Ordering::SeqCst);
+        loop {
+            let idle = self.sending.idle.notified();
+            tokio::pin!(idle);
+            idle.as_mut().enable();
+            if self.sending.count.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            idle.await;
+        }
+    }
+}
+
 /// Everything a command handler needs about the request.
 pub(crate) struct Ctx<'a> {
     pub nexus: &'a Nexus,
@@ -217,6 +299,8 @@ pub struct LogicalUnit {
     /// Writers take it shared; COMPARE AND WRITE and ORWRITE take it
     /// exclusively so that their read-modify-write is atomic.
     pub(crate) io_lock: tokio::sync::RwLock<()>,
+    /// Zero-copy READ data (see [`ZeroCopy`]).
+    pub(crate) zero_copy: ZeroCopy,
 }
 
 impl std::fmt::Debug for LogicalUnit {
@@ -258,6 +342,7 @@ impl LogicalUnit {
                 ..LuState::default()
             }),
             io_lock: tokio::sync::RwLock::new(()),
+            zero_copy: ZeroCopy::default(),
             cfg,
         })
     }
@@ -321,8 +406,16 @@ impl LogicalUnit {
         st.ua.remove(&nexus);
     }
 
+    /// `io_lock` taken exclusively, for a command whose access must be
+    /// atomic against every other (COMPARE AND WRITE, ORWRITE, WRITE
+    /// ATOMIC); stops zero-copy READ data first (see [`ZeroCopy`]).
+    pub(crate) async fn exclusive_io(&self) -> tokio::sync::RwLockWriteGuard<'_, ()> {
+        self.zero_copy.stop().await;
+        self.io_lock.write().await
+    }
+
     /// Execute an LU-level command: UA, reservation checks, then the handler.
-    pub(crate) async fn execute(&self, ctx: &Ctx<'_>) -> CmdResult {
+    pub(crate) async fn execute(&self, ctx: &Ctx<'_>) -> Result<Payload, Fail> {
         let op = ctx.info.opcode;
         {
             let mut st = self.lock();
@@ -333,7 +426,7 @@ impl LogicalUnit {
             }
             if op == REQUEST_SENSE {
                 let s = st.pop_ua(ctx.nexus.id).unwrap_or(sense::NO_SENSE);
-                return Ok(request_sense_data(ctx.cdb(), s));
+                return Ok(Payload::Mem(request_sense_data(ctx.cdb(), s)));
             }
             if op != INQUIRY && op != REPORT_LUNS {
                 if let Some(ua) = st.pop_ua(ctx.nexus.id) {
@@ -342,7 +435,7 @@ impl LogicalUnit {
             }
             pr::check_access(&st, ctx.nexus, ctx.info)?;
         }
-        match op {
+        let result: CmdResult = match op {
             TEST_UNIT_READY => Ok(Bytes::new()),
             INQUIRY => inquiry::inquiry(self, ctx),
             READ_CAPACITY_10 => inquiry::read_capacity10(self, ctx.cdb()),
@@ -384,8 +477,9 @@ impl LogicalUnit {
             RECEIVE_COPY_RESULTS => super::xcopy::receive_copy_results(self, ctx),
             ORWRITE_16 => rw::orwrite(self, ctx).await,
             VERIFY_10 | VERIFY_12 | VERIFY_16 => rw::verify(self, ctx).await,
-            _ => rw::read_write(self, ctx).await,
-        }
+            _ => return rw::read_write(self, ctx).await,
+        };
+        result.map(Payload::Mem)
     }
 }
 
@@ -426,4 +520,41 @@ pub(crate) fn write_error(e: StorageError) -> Fail {
         StorageErrorKind::EngineGone => sense::INTERNAL_TARGET_FAILURE,
         _ => sense::WRITE_ERROR,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::{open_file, zero_copy_available, EngineChoice};
+    use futures::FutureExt;
+
+    /// An exclusive writer turns zero-copy off and waits for the ranges
+    /// already handed out; after it, reads are copied.
+    #[tokio::test]
+    async fn stop_waits_for_ranges_in_flight_and_ends_zero_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = open_file(&dir.path().join("zc.img"), 1 << 20, EngineChoice::Pool).unwrap();
+        b.write(0, Bytes::from(vec![7u8; 65536]), false)
+            .await
+            .unwrap();
+        let zc = ZeroCopy::default();
+        let Some(range) = zc.range(b.as_ref(), 0, 65536) else {
+            assert!(!zero_copy_available(), "a written range is cached");
+            return;
+        };
+        let slice = range.slice(4096, 4096);
+        drop(range);
+        let mut stop = Box::pin(zc.stop());
+        assert!(
+            stop.as_mut().now_or_never().is_none(),
+            "stop must wait while a slice is still being sent"
+        );
+        assert!(zc.range(b.as_ref(), 0, 4096).is_none(), "off once stopping");
+        drop(slice);
+        assert!(
+            stop.now_or_never().is_some(),
+            "stop ends once the last slice is gone"
+        );
+        assert!(zc.range(b.as_ref(), 0, 4096).is_none(), "stays off");
+    }
 }

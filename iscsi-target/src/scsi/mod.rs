@@ -83,6 +83,10 @@ pub struct ScsiRequest {
     pub data_out: Bytes,
     /// Task attribute.
     pub attr: TaskAttr,
+    /// The transport can send READ data straight from a backing file
+    /// ([`ScsiResponse::data_in_file`]); false when it must see the bytes,
+    /// for example to compute a data digest.
+    pub zero_copy: bool,
 }
 
 /// SCSI status byte (SAM-5 5.3). Unknown values are kept.
@@ -131,6 +135,10 @@ pub struct ScsiResponse {
     pub sense: Option<Bytes>,
     /// Data-In, already truncated to the expected length.
     pub data_in: Bytes,
+    /// Data-In as a range of the backing file instead of `data_in` (which
+    /// is then empty), also truncated; only when the request allowed
+    /// `zero_copy`. The transport sends it from the page cache.
+    pub data_in_file: Option<crate::storage::FileRange>,
     /// Residual against the expected length.
     pub residual: Residual,
 }
@@ -143,6 +151,7 @@ impl ScsiResponse {
             status: ScsiStatus::CHECK_CONDITION,
             sense: Some(sense.to_bytes()),
             data_in: Bytes::new(),
+            data_in_file: None,
             residual: Residual::None,
         }
     }

@@ -7,7 +7,8 @@ use bytes::{Bytes, BytesMut};
 
 use super::cdb::{be16, be24, be32, be64, u8_at};
 use super::lu::{
-    read_error, write_error, CmdResult, Ctx, LogicalUnit, MAX_CAW_BLOCKS, MAX_TRANSFER_BYTES,
+    read_error, write_error, CmdResult, Ctx, Fail, LogicalUnit, Payload, MAX_CAW_BLOCKS,
+    MAX_TRANSFER_BYTES,
 };
 use super::opcodes::{code::*, Xfer};
 use super::sense::{self, Sense};
@@ -56,7 +57,10 @@ pub(crate) fn data_out(ctx: &Ctx<'_>, len: usize) -> Result<Bytes, Sense> {
 }
 
 /// READ/WRITE 6/10/12/16 and WRITE AND VERIFY 10/12/16 (SBC-3 5.8-5.11, 5.36-5.43).
-pub(crate) async fn read_write(lu: &LogicalUnit, ctx: &Ctx<'_>) -> CmdResult {
+///
+/// READ data goes out as a cached file range when the transport allows it
+/// (`ScsiRequest::zero_copy`), else in memory.
+pub(crate) async fn read_write(lu: &LogicalUnit, ctx: &Ctx<'_>) -> Result<Payload, Fail> {
     let cdb = ctx.cdb();
     let op = ctx.info.opcode;
     let (lba, n) = lba_len(cdb);
@@ -70,10 +74,16 @@ pub(crate) async fn read_write(lu: &LogicalUnit, ctx: &Ctx<'_>) -> CmdResult {
     let off = lu.byte_offset(lba);
     if !is_write {
         if len == 0 {
-            return Ok(Bytes::new());
+            return Ok(Payload::Mem(Bytes::new()));
         }
         let _g = lu.io_lock.read().await;
-        return lu.backend.read(off, len).await.map_err(read_error);
+        if ctx.req.zero_copy {
+            if let Some(range) = lu.zero_copy.range(lu.backend.as_ref(), off, len) {
+                return Ok(Payload::File(range));
+            }
+        }
+        let data = lu.backend.read(off, len).await.map_err(read_error)?;
+        return Ok(Payload::Mem(data));
     }
     // An expected length shorter than the transfer length truncates the
     // write to what was sent (the residual reports the overflow).
@@ -85,25 +95,25 @@ pub(crate) async fn read_write(lu: &LogicalUnit, ctx: &Ctx<'_>) -> CmdResult {
     };
     let data = data_out(ctx, len)?;
     if len == 0 {
-        return Ok(Bytes::new());
+        return Ok(Payload::Mem(Bytes::new()));
     }
     let verify = matches!(op, WRITE_VERIFY_10 | WRITE_VERIFY_12 | WRITE_VERIFY_16);
     let fua = verify || (op != WRITE_6 && u8_at(cdb, 1) & 0x08 != 0) || !lu.write_cache_enabled();
     // WRITE ATOMIC excludes every other access for its duration (SBC-4 4.29).
     if op == WRITE_ATOMIC_16 {
-        let _g = lu.io_lock.write().await;
+        let _g = lu.exclusive_io().await;
         lu.backend
             .write(off, data, fua)
             .await
             .map_err(write_error)?;
-        return Ok(Bytes::new());
+        return Ok(Payload::Mem(Bytes::new()));
     }
     let _g = lu.io_lock.read().await;
     lu.backend
         .write(off, data, fua)
         .await
         .map_err(write_error)?;
-    Ok(Bytes::new())
+    Ok(Payload::Mem(Bytes::new()))
 }
 
 /// Index of the first differing byte.
@@ -171,7 +181,7 @@ pub(crate) async fn compare_and_write(lu: &LogicalUnit, ctx: &Ctx<'_>) -> CmdRes
     let (cmp, new) = (buf.slice(..len), buf.slice(len..));
     let off = lu.byte_offset(lba);
     let fua = u8_at(cdb, 1) & 0x08 != 0 || !lu.write_cache_enabled();
-    let _g = lu.io_lock.write().await;
+    let _g = lu.exclusive_io().await;
     let cur = lu.backend.read(off, len).await.map_err(read_error)?;
     if let Some(p) = first_mismatch(&cur, &cmp) {
         return Err(sense::MISCOMPARE_VERIFY.with_info(p as u32).into());
@@ -193,7 +203,7 @@ pub(crate) async fn orwrite(lu: &LogicalUnit, ctx: &Ctx<'_>) -> CmdResult {
     }
     let off = lu.byte_offset(lba);
     let fua = u8_at(cdb, 1) & 0x08 != 0 || !lu.write_cache_enabled();
-    let _g = lu.io_lock.write().await;
+    let _g = lu.exclusive_io().await;
     let cur = lu.backend.read(off, len).await.map_err(read_error)?;
     let mut out = BytesMut::from(&cur[..]);
     for (o, d) in out.iter_mut().zip(data.iter()) {

@@ -9,7 +9,7 @@ use std::sync::{Arc, RwLock};
 use bytes::Bytes;
 
 use super::cdb::{be32, u8_at};
-use super::lu::{request_sense_data, truncate, Ctx, Fail, LogicalUnit};
+use super::lu::{request_sense_data, truncate, Ctx, Fail, LogicalUnit, Payload};
 use super::opcodes::{self, code::*, Xfer};
 use super::sense::{self, Sense};
 use super::{lun_to_wire, Nexus, Residual, ScsiRequest, ScsiResponse, ScsiStatus};
@@ -135,11 +135,14 @@ impl ScsiTarget {
                 if let Some(lu) = lu {
                     lu.lock().clear_ua(nexus.id, sense::UA_LUNS_CHANGED);
                 }
-                self.report_luns(&req.cdb)
+                self.report_luns(&req.cdb).map(Payload::Mem)
             }
             (Some(lu), _) => lu.execute(&ctx).await,
-            (None, INQUIRY) => super::inquiry::inquiry_no_lun(&req.cdb),
-            (None, REQUEST_SENSE) => Ok(request_sense_data(&req.cdb, sense::LUN_NOT_SUPPORTED)),
+            (None, INQUIRY) => super::inquiry::inquiry_no_lun(&req.cdb).map(Payload::Mem),
+            (None, REQUEST_SENSE) => Ok(Payload::Mem(request_sense_data(
+                &req.cdb,
+                sense::LUN_NOT_SUPPORTED,
+            ))),
             (None, _) => Err(Fail::Check(sense::LUN_NOT_SUPPORTED)),
         };
         match result {
@@ -238,26 +241,31 @@ fn out_residual(expected: u32, spdtl: u64) -> Residual {
     }
 }
 
-fn good(req: &ScsiRequest, xfer: Xfer, data: Bytes, spdtl: u64) -> ScsiResponse {
-    let (data_in, residual) = if xfer == Xfer::In || !data.is_empty() {
-        let n = data.len() as u64;
-        let e = u64::from(req.expected_len);
+fn good(req: &ScsiRequest, xfer: Xfer, data: Payload, spdtl: u64) -> ScsiResponse {
+    let n = match &data {
+        Payload::Mem(b) => b.len(),
+        Payload::File(r) => r.len(),
+    };
+    let (keep, residual) = if xfer == Xfer::In || n > 0 {
+        let e = req.expected_len as usize;
         if n > e {
             let over = u32::try_from(n - e).unwrap_or(u32::MAX);
-            (
-                data.slice(..req.expected_len as usize),
-                Residual::Overflow(over),
-            )
+            (e, Residual::Overflow(over))
         } else {
-            (data, out_residual(req.expected_len, n))
+            (n, out_residual(req.expected_len, n as u64))
         }
     } else {
-        (Bytes::new(), out_residual(req.expected_len, spdtl))
+        (0, out_residual(req.expected_len, spdtl))
+    };
+    let (data_in, data_in_file) = match data {
+        Payload::Mem(b) => (b.slice(..keep), None),
+        Payload::File(r) => (Bytes::new(), Some(r.slice(0, keep))),
     };
     ScsiResponse {
         status: ScsiStatus::GOOD,
         sense: None,
         data_in,
+        data_in_file,
         residual,
     }
 }
@@ -271,6 +279,7 @@ fn failed(req: &ScsiRequest, f: Fail, spdtl: u64) -> ScsiResponse {
         status,
         sense,
         data_in: Bytes::new(),
+        data_in_file: None,
         residual: out_residual(req.expected_len, spdtl),
     }
 }

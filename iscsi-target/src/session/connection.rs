@@ -17,7 +17,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 
 use super::ffp::FullFeature;
-use super::io::{read_pdu, writer_task, Outbox};
+use super::io::{read_pdu, writer_task, Chunk, Outbox};
 use super::registry::{SessionKey, SessionRegistry};
 use super::{ConnParams, SessionControl, TextResponder};
 use crate::login::{
@@ -79,7 +79,7 @@ impl TextResponder for Text {
 pub async fn serve_connection(stream: TcpStream, peer: SocketAddr, ctx: Arc<ConnectionContext>) {
     let _ = stream.set_nodelay(true);
     let (mut reader, writer) = stream.into_split();
-    let (tx, rx) = mpsc::channel::<Vec<Bytes>>(256);
+    let (tx, rx) = mpsc::channel::<Vec<Chunk>>(256);
     let writer = tokio::spawn(writer_task(writer, rx));
     let mut buf = BytesMut::with_capacity(64 * 1024);
 
@@ -346,5 +346,5 @@ async fn send_login_response(
     );
     let mut parts = Vec::new();
     pdu.encode(Digests::default(), &mut parts);
-    let _ = out.send(parts).await;
+    let _ = out.send(parts.into_iter().map(Chunk::Mem).collect()).await;
 }

@@ -25,7 +25,7 @@ use futures::{FutureExt, StreamExt};
 use tokio::io::AsyncRead;
 use tokio::time::Instant;
 
-use super::io::{read_pdu, Outbox, StreamError};
+use super::io::{read_pdu, Chunk, Outbox, StreamError};
 use super::window::{Admission, CmdWindow};
 use super::write_task::WriteTask;
 use super::{ConnParams, SessionControl, TextResponder};
@@ -212,10 +212,20 @@ impl FullFeature {
     async fn send(&mut self, pdus: impl IntoIterator<Item = Pdu>) {
         let mut parts = Vec::new();
         for p in pdus {
-            p.encode(self.digests, &mut parts);
+            self.encode(&p, &mut parts);
         }
+        self.send_chunks(parts).await;
+    }
+
+    fn encode(&self, pdu: &Pdu, out: &mut Vec<Chunk>) {
+        let mut bufs = Vec::with_capacity(3);
+        pdu.encode(self.digests, &mut bufs);
+        out.extend(bufs.into_iter().map(Chunk::Mem));
+    }
+
+    async fn send_chunks(&mut self, chunks: Vec<Chunk>) {
         // A closed writer means the socket is gone; the read side will notice.
-        let _ = self.out.send(parts).await;
+        let _ = self.out.send(chunks).await;
     }
 
     async fn reject(&mut self, reason: RejectReason, header: &BhsBytes) {
@@ -498,6 +508,8 @@ impl FullFeature {
             expected_len: cmd.expected_len,
             data_out,
             attr: task_attr(cmd.attr),
+            // Data from a file cannot be digested without reading it.
+            zero_copy: !self.digests.data,
         };
         self.running_itts.insert(
             itt,
@@ -535,48 +547,61 @@ impl FullFeature {
             scsi::Residual::Overflow(n) => Residual::Overflow(n),
         };
         let collapse = resp.sense.is_none() && status == 0;
+        let file = resp.data_in_file;
         let data = resp.data_in;
-        let mut pdus = Vec::new();
+        let total = file.as_ref().map_or(data.len(), |f| f.len());
+        let mut parts = Vec::new();
         let mut data_sn = 0u32;
-        if !data.is_empty() {
+        if total > 0 {
             let seg = self.params.max_xmit_data_segment_length.max(512) as usize;
             let burst = self.params.max_burst_length.max(512) as usize;
             let mut off = 0usize;
-            while off < data.len() {
-                let len = seg.min(data.len() - off).min(burst - off % burst);
-                let last = off + len == data.len();
+            while off < total {
+                let len = seg.min(total - off).min(burst - off % burst);
+                let last = off + len == total;
                 let end_of_burst = (off + len).is_multiple_of(burst);
                 let with_status = last && collapse;
-                pdus.push(Pdu::new(
-                    Bhs::DataIn(DataIn {
-                        final_: last || end_of_burst,
-                        ack: false,
-                        residual: if with_status {
-                            residual
-                        } else {
-                            Residual::None
-                        },
-                        status: with_status.then_some(status),
-                        lun: 0,
-                        itt,
-                        ttt: Ttt::RESERVED,
-                        stat_sn: if with_status {
-                            self.take_stat_sn()
-                        } else {
-                            SeqNum(0)
-                        },
-                        exp_cmd_sn: self.window.exp_cmd_sn(),
-                        max_cmd_sn: self.window.max_cmd_sn(),
-                        data_sn,
-                        buffer_offset: off as u32,
-                    }),
-                    data.slice(off..off + len),
-                ));
+                let bhs = Bhs::DataIn(DataIn {
+                    final_: last || end_of_burst,
+                    ack: false,
+                    residual: if with_status {
+                        residual
+                    } else {
+                        Residual::None
+                    },
+                    status: with_status.then_some(status),
+                    lun: 0,
+                    itt,
+                    ttt: Ttt::RESERVED,
+                    stat_sn: if with_status {
+                        self.take_stat_sn()
+                    } else {
+                        SeqNum(0)
+                    },
+                    exp_cmd_sn: self.window.exp_cmd_sn(),
+                    max_cmd_sn: self.window.max_cmd_sn(),
+                    data_sn,
+                    buffer_offset: off as u32,
+                });
+                match &file {
+                    // Zero-copy: the header from memory, the data segment
+                    // straight from the page cache (no data digest here).
+                    Some(f) => {
+                        let pdu = Pdu::new(bhs, Bytes::new());
+                        parts.push(Chunk::Mem(pdu.encode_header_for(len, self.digests)));
+                        parts.push(Chunk::File(f.slice(off, len)));
+                        let pad = crate::pdu::pad_len(len);
+                        if pad > 0 {
+                            parts.push(Chunk::Mem(Bytes::from_static(&[0u8; 4][..pad])));
+                        }
+                    }
+                    None => self.encode(&Pdu::new(bhs, data.slice(off..off + len)), &mut parts),
+                }
                 data_sn += 1;
                 off += len;
             }
         }
-        if data.is_empty() || !collapse {
+        if total == 0 || !collapse {
             let sense = match &resp.sense {
                 Some(s) => {
                     let mut b = BytesMut::with_capacity(2 + s.len());
@@ -586,7 +611,7 @@ impl FullFeature {
                 }
                 None => Bytes::new(),
             };
-            pdus.push(Pdu::new(
+            let pdu = Pdu::new(
                 Bhs::ScsiResponse(ScsiResponse {
                     bidi_flags: 0,
                     residual,
@@ -601,9 +626,10 @@ impl FullFeature {
                     bidi_residual: 0,
                 }),
                 sense,
-            ));
+            );
+            self.encode(&pdu, &mut parts);
         }
-        self.send(pdus).await;
+        self.send_chunks(parts).await;
     }
 
     async fn on_nop_out(&mut self, n: NopOut, data: Bytes) {

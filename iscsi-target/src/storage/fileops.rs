@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
-use super::StorageError;
+use super::{FileRange, Mapping, StorageError};
 
 /// Open or create `path` with exactly `size` bytes (sparse when created).
 pub(crate) fn open_sized(path: &Path, size: u64, allow_grow: bool) -> Result<File, StorageError> {
@@ -84,6 +84,130 @@ pub(crate) fn read_nowait(file: &File, offset: u64, len: usize) -> Option<Bytes>
     // SAFETY: the kernel initialised exactly `done == len` bytes.
     unsafe { buf.set_len(len) };
     Some(buf.freeze())
+}
+
+/// cachestat(2): the same number on every architecture (it came after the
+/// syscall tables were unified); `libc` does not name it for all targets.
+const SYS_CACHESTAT: libc::c_long = 451;
+
+/// Whether cachestat(2) is worth trying (cleared on ENOSYS/EPERM).
+static CACHESTAT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Whether this kernel answers cachestat(2) (Linux 6.5+) and zero-copy
+/// READ data is not turned off: without both, [`cached_range`] is always
+/// `None`. Probed once, on this process's own executable.
+pub(crate) fn zero_copy_available() -> bool {
+    static OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *OK.get_or_init(|| {
+        let Ok(exe) = File::open("/proc/self/exe") else {
+            return false;
+        };
+        let mut stat = [0u64; 5];
+        let range = [0u64, 4096];
+        // SAFETY: as in `cached_range`: the kernel reads `range` and writes
+        // `stat`, both live arrays of the kernel's layout.
+        let rc = unsafe {
+            libc::syscall(
+                SYS_CACHESTAT,
+                exe.as_raw_fd(),
+                range.as_ptr(),
+                stat.as_mut_ptr(),
+                0u32,
+            )
+        };
+        rc == 0 && zero_copy_enabled()
+    })
+}
+
+/// The mapping of a file engine's file, made on the first zero-copy read.
+pub(crate) type LazyMapping = std::sync::OnceLock<Option<Arc<Mapping>>>;
+
+/// `[offset, offset + len)` of `file` (of `size` bytes, mapped lazily into
+/// `map`) as a [`FileRange`] when every page of it is in the page cache,
+/// asked with cachestat(2), which only looks at the cache and never blocks.
+/// A page evicted between this check and the send is read back in by the
+/// kernel during the send: a short stall on the sending task, never wrong
+/// data.
+pub(crate) fn cached_range(
+    file: &Arc<File>,
+    map: &LazyMapping,
+    size: u64,
+    offset: u64,
+    len: usize,
+) -> Option<FileRange> {
+    use std::sync::atomic::Ordering::Relaxed;
+    #[repr(C)]
+    struct Range {
+        off: u64,
+        len: u64,
+    }
+    #[repr(C)]
+    #[derive(Default)]
+    struct Stat {
+        nr_cache: u64,
+        nr_dirty: u64,
+        nr_writeback: u64,
+        nr_evicted: u64,
+        nr_recently_evicted: u64,
+    }
+    if len == 0 || !CACHESTAT.load(Relaxed) || !zero_copy_enabled() {
+        return None;
+    }
+    super::check_range(offset, len as u64, size).ok()?;
+    let map = map
+        .get_or_init(|| Mapping::new(file, size).map(Arc::new))
+        .as_ref()?;
+    let range = Range {
+        off: offset,
+        len: len as u64,
+    };
+    let mut stat = Stat::default();
+    // SAFETY: cachestat reads `range` and writes `stat`, both live and of
+    // the kernel's layout (include/uapi/linux/mman.h); the fd is owned by
+    // `file`.
+    let rc = unsafe {
+        libc::syscall(
+            SYS_CACHESTAT,
+            file.as_raw_fd(),
+            &range as *const Range,
+            &mut stat as *mut Stat,
+            0u32,
+        )
+    };
+    if rc != 0 {
+        if matches!(
+            std::io::Error::last_os_error().raw_os_error(),
+            Some(libc::ENOSYS) | Some(libc::EPERM)
+        ) {
+            CACHESTAT.store(false, Relaxed);
+        }
+        return None;
+    }
+    static PAGE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let page = *PAGE.get_or_init(|| {
+        // SAFETY: sysconf has no memory arguments.
+        let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        u64::try_from(size).unwrap_or(4096)
+    });
+    let end = offset.checked_add(len as u64)?;
+    let pages = end.div_ceil(page) - offset / page;
+    if end > map.len as u64 {
+        return None;
+    }
+    (stat.nr_cache >= pages).then(|| FileRange {
+        file: Arc::clone(file),
+        map: Arc::clone(map),
+        offset,
+        len,
+        hold: None,
+    })
+}
+
+/// `LOCUS_ZERO_COPY=0` turns zero-copy READ data off: every read is copied
+/// into a buffer first. Read once per process.
+fn zero_copy_enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("LOCUS_ZERO_COPY").map_or(true, |v| v != "0"))
 }
 
 /// Whether `pwritev2(RWF_NOWAIT)` is worth trying (cleared on EOPNOTSUPP).

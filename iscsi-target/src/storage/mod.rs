@@ -152,6 +152,149 @@ pub trait BlockBackend: Send + Sync + 'static {
     /// Allocation state at `offset`: `(mapped, extent length in bytes from offset)`
     /// for the run of identical state that starts there (SEEK_DATA/SEEK_HOLE).
     async fn allocation(&self, offset: u64) -> Result<(bool, u64), StorageError>;
+    /// `[offset, offset + len)` as a [`FileRange`] when this backend is a file
+    /// and the page cache holds every page of the range (cachestat(2), Linux
+    /// 6.5+); `None` otherwise, and then the caller reads as usual. Never
+    /// blocks (the first call of a file engine maps the file).
+    fn cached_range(&self, offset: u64, len: usize) -> Option<FileRange> {
+        let _ = (offset, len);
+        None
+    }
+}
+
+/// A range of a backing file, all of it in the page cache when it was
+/// handed out, that a transport may send to its socket straight from the
+/// page cache (write(2) from a shared mapping of the file) instead of
+/// copying it into a buffer first: one copy per Data-In byte instead of
+/// two.
+///
+/// Unlike [`Bytes`], the content is not a snapshot: a later write to the
+/// range shows through until it is sent. Only plain READ data goes this way
+/// (overlapping commands in flight together have no order, SAM-5 8.6),
+/// never data that is checked, digested or written back (see
+/// `scsi::lu::ZeroCopy`).
+#[derive(Clone)]
+pub struct FileRange {
+    file: Arc<std::fs::File>,
+    map: Arc<Mapping>,
+    offset: u64,
+    len: usize,
+    /// Released when the last slice of the range is dropped (after the send).
+    hold: Option<Arc<dyn Send + Sync>>,
+}
+
+impl std::fmt::Debug for FileRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileRange")
+            .field("offset", &self.offset)
+            .field("len", &self.len)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FileRange {
+    /// Byte length.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    /// True when the range is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    /// Offset of the range in the file.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+    /// Address of the range in the file's shared mapping, valid for
+    /// [`len`](Self::len) bytes while `self` lives.
+    ///
+    /// Only for system calls that copy from it (write(2), writev(2)): user
+    /// space must never read through it. The kernel then reports a page
+    /// that cannot be read in (an I/O error, a truncated file) as EFAULT
+    /// from that call, where a read in user space would raise SIGBUS.
+    pub fn kernel_ptr(&self) -> *const u8 {
+        // The range lies inside the mapping: `cached_range` checked it
+        // against the file size the mapping covers, and slices shrink it.
+        self.map.ptr.cast::<u8>().wrapping_add(self.offset as usize)
+    }
+    /// `len` bytes from `start` within this range (clamped to it).
+    pub fn slice(&self, start: usize, len: usize) -> FileRange {
+        let start = start.min(self.len);
+        FileRange {
+            file: Arc::clone(&self.file),
+            map: Arc::clone(&self.map),
+            offset: self.offset + start as u64,
+            len: len.min(self.len - start),
+            hold: self.hold.clone(),
+        }
+    }
+    /// Keeps `guard` alive until every slice of this range is dropped.
+    pub fn held_by(mut self, guard: Arc<dyn Send + Sync>) -> FileRange {
+        self.hold = Some(guard);
+        self
+    }
+    /// The content now, read into memory (pread): the fallback for sinks
+    /// that cannot send from the mapping. Blocking, like any pread.
+    pub fn read_now(&self) -> Result<Bytes, StorageError> {
+        fileops::read_at(&self.file, self.offset, self.len)
+    }
+}
+
+/// A read-only shared mapping of a whole backing file, made once per file
+/// engine on the first zero-copy read. See [`FileRange::kernel_ptr`] for
+/// the one way it is used.
+pub(crate) struct Mapping {
+    ptr: *mut libc::c_void,
+    len: usize,
+}
+
+impl std::fmt::Debug for Mapping {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mapping").field("len", &self.len).finish()
+    }
+}
+
+// SAFETY: the mapping is only an address range handed to system calls;
+// nothing in user space reads or writes through it, so sharing it between
+// threads cannot race.
+unsafe impl Send for Mapping {}
+// SAFETY: as above.
+unsafe impl Sync for Mapping {}
+
+impl Mapping {
+    /// Maps `len` bytes of `file` (its full size) read-only and shared;
+    /// `None` if the system refuses (address space, file system).
+    pub(crate) fn new(file: &std::fs::File, len: u64) -> Option<Mapping> {
+        use std::os::unix::io::AsRawFd;
+        let len = usize::try_from(len).ok().filter(|&l| l > 0)?;
+        // SAFETY: a fresh mapping at an address the kernel picks; the fd is
+        // open for the call and the mapping keeps its own reference.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        (ptr != libc::MAP_FAILED).then_some(Mapping { ptr, len })
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping made in `new`; no FileRange
+        // (which holds an Arc to it) is left.
+        unsafe { libc::munmap(self.ptr, self.len) };
+    }
+}
+
+/// Whether file engines can hand out [`FileRange`]s here: the kernel has
+/// cachestat(2) (Linux 6.5+) and `LOCUS_ZERO_COPY=0` is not set.
+pub fn zero_copy_available() -> bool {
+    fileops::zero_copy_available()
 }
 
 /// Which engine `open_file` should use.

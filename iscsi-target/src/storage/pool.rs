@@ -14,6 +14,8 @@ use super::{check_range, fileops, BlockBackend, StorageError};
 pub struct PoolBackend {
     file: Arc<File>,
     size: u64,
+    /// The file's shared mapping for zero-copy reads, made on first use.
+    map: fileops::LazyMapping,
 }
 
 impl PoolBackend {
@@ -22,6 +24,7 @@ impl PoolBackend {
         PoolBackend {
             file: Arc::new(file),
             size,
+            map: fileops::LazyMapping::new(),
         }
     }
 
@@ -74,6 +77,9 @@ impl BlockBackend for PoolBackend {
         check_range(offset, len, self.size)?;
         self.run(move |f| fileops::write_zeroes(f, offset, len, unmap))
             .await
+    }
+    fn cached_range(&self, offset: u64, len: usize) -> Option<super::FileRange> {
+        fileops::cached_range(&self.file, &self.map, self.size, offset, len)
     }
     async fn allocation(&self, offset: u64) -> Result<(bool, u64), StorageError> {
         if offset >= self.size {

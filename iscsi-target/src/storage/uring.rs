@@ -438,6 +438,8 @@ pub struct UringBackend {
     tx: mpsc::Sender<Request>,
     file: Arc<File>,
     size: u64,
+    /// The file's shared mapping for zero-copy reads, made on first use.
+    map: fileops::LazyMapping,
 }
 
 impl UringBackend {
@@ -457,7 +459,12 @@ impl UringBackend {
                 reason: "spawn io_uring worker".into(),
                 source: Some(e),
             })?;
-        Ok(UringBackend { tx, file, size })
+        Ok(UringBackend {
+            tx,
+            file,
+            size,
+            map: fileops::LazyMapping::new(),
+        })
     }
 
     async fn call(&self, op: Op) -> Result<Reply, StorageError> {
@@ -520,6 +527,9 @@ impl BlockBackend for UringBackend {
         check_range(offset, len, self.size)?;
         self.blocking(move |f| fileops::write_zeroes(f, offset, len, unmap))
             .await
+    }
+    fn cached_range(&self, offset: u64, len: usize) -> Option<super::FileRange> {
+        fileops::cached_range(&self.file, &self.map, self.size, offset, len)
     }
     async fn allocation(&self, offset: u64) -> Result<(bool, u64), StorageError> {
         if offset >= self.size {

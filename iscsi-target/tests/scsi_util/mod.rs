@@ -55,6 +55,7 @@ pub async fn exec(
             expected_len,
             data_out: Bytes::copy_from_slice(data),
             attr: TaskAttr::Simple,
+            zero_copy: false,
         },
     )
     .await
