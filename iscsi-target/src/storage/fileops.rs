@@ -99,24 +99,48 @@ static CACHESTAT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool:
 pub(crate) fn zero_copy_available() -> bool {
     static OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *OK.get_or_init(|| {
-        let Ok(exe) = File::open("/proc/self/exe") else {
-            return false;
-        };
-        let mut stat = [0u64; 5];
-        let range = [0u64, 4096];
-        // SAFETY: as in `cached_range`: the kernel reads `range` and writes
-        // `stat`, both live arrays of the kernel's layout.
-        let rc = unsafe {
-            libc::syscall(
-                SYS_CACHESTAT,
-                exe.as_raw_fd(),
-                range.as_ptr(),
-                stat.as_mut_ptr(),
-                0u32,
-            )
-        };
-        rc == 0 && zero_copy_enabled()
+        File::open("/proc/self/exe").is_ok_and(|exe| pages_cached(&exe, 0, 4096).is_ok())
+            && zero_copy_enabled()
     })
+}
+
+/// How many pages of `[offset, offset + len)` of `file` are in the page
+/// cache: cachestat(2), which looks only at the cache and never blocks.
+fn pages_cached(file: &File, offset: u64, len: u64) -> std::io::Result<u64> {
+    /// `struct cachestat_range` of include/uapi/linux/mman.h.
+    #[repr(C)]
+    struct Range {
+        off: u64,
+        len: u64,
+    }
+    /// `struct cachestat` of include/uapi/linux/mman.h.
+    #[repr(C)]
+    #[derive(Default)]
+    struct Stat {
+        nr_cache: u64,
+        nr_dirty: u64,
+        nr_writeback: u64,
+        nr_evicted: u64,
+        nr_recently_evicted: u64,
+    }
+    let range = Range { off: offset, len };
+    let mut stat = Stat::default();
+    // SAFETY: cachestat reads `range` and writes `stat`, both live and of
+    // the kernel's layout; the fd is owned by `file`.
+    let rc = unsafe {
+        libc::syscall(
+            SYS_CACHESTAT,
+            file.as_raw_fd(),
+            &range as *const Range,
+            &mut stat as *mut Stat,
+            0u32,
+        )
+    };
+    if rc == 0 {
+        Ok(stat.nr_cache)
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 /// The mapping of a file engine's file, made on the first zero-copy read.
@@ -136,20 +160,6 @@ pub(crate) fn cached_range(
     len: usize,
 ) -> Option<FileRange> {
     use std::sync::atomic::Ordering::Relaxed;
-    #[repr(C)]
-    struct Range {
-        off: u64,
-        len: u64,
-    }
-    #[repr(C)]
-    #[derive(Default)]
-    struct Stat {
-        nr_cache: u64,
-        nr_dirty: u64,
-        nr_writeback: u64,
-        nr_evicted: u64,
-        nr_recently_evicted: u64,
-    }
     if len == 0 || !CACHESTAT.load(Relaxed) || !zero_copy_enabled() {
         return None;
     }
@@ -157,32 +167,15 @@ pub(crate) fn cached_range(
     let map = map
         .get_or_init(|| Mapping::new(file, size).map(Arc::new))
         .as_ref()?;
-    let range = Range {
-        off: offset,
-        len: len as u64,
-    };
-    let mut stat = Stat::default();
-    // SAFETY: cachestat reads `range` and writes `stat`, both live and of
-    // the kernel's layout (include/uapi/linux/mman.h); the fd is owned by
-    // `file`.
-    let rc = unsafe {
-        libc::syscall(
-            SYS_CACHESTAT,
-            file.as_raw_fd(),
-            &range as *const Range,
-            &mut stat as *mut Stat,
-            0u32,
-        )
-    };
-    if rc != 0 {
-        if matches!(
-            std::io::Error::last_os_error().raw_os_error(),
-            Some(libc::ENOSYS) | Some(libc::EPERM)
-        ) {
-            CACHESTAT.store(false, Relaxed);
+    let cached = match pages_cached(file, offset, len as u64) {
+        Ok(n) => n,
+        Err(e) => {
+            if matches!(e.raw_os_error(), Some(libc::ENOSYS) | Some(libc::EPERM)) {
+                CACHESTAT.store(false, Relaxed);
+            }
+            return None;
         }
-        return None;
-    }
+    };
     static PAGE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
     let page = *PAGE.get_or_init(|| {
         // SAFETY: sysconf has no memory arguments.
@@ -194,7 +187,7 @@ pub(crate) fn cached_range(
     if end > map.len as u64 {
         return None;
     }
-    (stat.nr_cache >= pages).then(|| FileRange {
+    (cached >= pages).then(|| FileRange {
         file: Arc::clone(file),
         map: Arc::clone(map),
         offset,
