@@ -442,3 +442,73 @@ async fn read_data_is_exact_with_and_without_data_digest() {
     assert!(read(&mut w, 1000, 1 << 20).await == newer, "overwrite seen");
     w.ping().await;
 }
+
+/// Receives the next PDU that is not a target ping, answering pings (the
+/// keepalive must not drop an initiator that is only waiting).
+async fn recv_answering_pings(w: &mut Wire) -> Option<Pdu> {
+    loop {
+        let p = w.recv().await?;
+        match &p.bhs {
+            Bhs::NopIn(n) if n.itt == Itt::RESERVED && n.ttt != Ttt::RESERVED => {
+                let answer = Pdu::new(
+                    Bhs::NopOut(iscsi_target::pdu::NopOut {
+                        immediate: true,
+                        lun: 0,
+                        itt: Itt::RESERVED,
+                        ttt: n.ttt,
+                        cmd_sn: w.cmd_sn,
+                        exp_stat_sn: w.exp_stat_sn,
+                    }),
+                    Bytes::new(),
+                );
+                w.send(&answer).await;
+            }
+            _ => return Some(p),
+        }
+    }
+}
+
+/// An initiator that stops reading its socket (a frozen host) is dropped
+/// once it has taken no data for `nop_timeout`, and the page-cache ranges
+/// queued for its READs are released: a COMPARE AND WRITE from another
+/// session, which waits for those ranges before it runs, completes.
+#[tokio::test]
+async fn a_peer_that_stops_reading_is_dropped_and_releases_its_reads() {
+    let d = TestDaemon::start(Some("nop_interval_secs = 1\nnop_timeout_secs = 1\n")).await;
+    let mut b = Wire::connect(d.addr).await;
+    b.login(TARGET, &[]).await;
+    let data = pattern(1 << 20, 5);
+    assert_eq!(write_with_r2t(&mut b, 0, data.clone()).await, 0);
+
+    // A asks for 32 MiB and reads none of it: far more than the socket
+    // buffers hold, so the target's writer stalls with ranges queued.
+    let mut a = Wire::connect(d.addr).await;
+    a.login(TARGET, &[]).await;
+    for _ in 0..32 {
+        let cmd = a.scsi_command(&read10(0, 2048), 1 << 20, true, false, Bytes::new());
+        a.send(&cmd).await;
+    }
+
+    // COMPARE AND WRITE(16) of block 0: compare with what is there, write
+    // new data. It turns zero-copy off on the LU and waits for A's ranges.
+    let mut caw = [0u8; 16];
+    caw[0] = 0x89;
+    caw[13] = 1;
+    let new = pattern(512, 77);
+    let mut payload = BytesMut::from(&data[..512]);
+    payload.extend_from_slice(&new);
+    let cmd = b.scsi_command(&caw, 1024, false, true, payload.freeze());
+    b.send(&cmd).await;
+    let r = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        recv_answering_pings(&mut b),
+    )
+    .await
+    .expect("COMPARE AND WRITE answered once the stalled session is gone")
+    .expect("response");
+    assert_eq!(scsi_status(&r), (0, None), "COMPARE AND WRITE succeeded");
+    assert!(read(&mut b, 0, 512).await == new, "the new block is there");
+
+    // The target closed A: what it had buffered drains, then EOF.
+    while a.recv().await.is_some() {}
+}

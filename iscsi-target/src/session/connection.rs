@@ -80,7 +80,9 @@ pub async fn serve_connection(stream: TcpStream, peer: SocketAddr, ctx: Arc<Conn
     let _ = stream.set_nodelay(true);
     let (mut reader, writer) = stream.into_split();
     let (tx, rx) = mpsc::channel::<Vec<Chunk>>(256);
-    let writer = tokio::spawn(writer_task(writer, rx));
+    // A peer that takes no byte for as long as it may leave a ping
+    // unanswered counts as dead (the writer ends; so does the session).
+    let writer = tokio::spawn(writer_task(writer, rx, ctx.base.nop_timeout));
     let mut buf = BytesMut::with_capacity(64 * 1024);
 
     let login = match login_phase(&mut reader, &mut buf, &tx, &ctx).await {

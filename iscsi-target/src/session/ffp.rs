@@ -143,6 +143,9 @@ impl FullFeature {
         };
         let mut idle_deadline = Instant::now() + self.params.nop_interval;
         let mut logout_deadline: Option<Instant> = None;
+        // Closed when the writer has stopped (socket error, or a peer that
+        // stopped taking data): nothing more can be answered.
+        let outbox = self.out.clone();
         loop {
             let timer = match (self.ping_outstanding, logout_deadline) {
                 (_, Some(d)) => d.min(idle_deadline),
@@ -154,6 +157,10 @@ impl FullFeature {
                 _ = ctl.kill.notified() => {
                     self.drain().await;
                     return Ending::Closed;
+                }
+                _ = outbox.closed() => {
+                    self.drain().await;
+                    return Ending::Fault("the connection stopped taking data".into());
                 }
                 changed = ctl.shutdown.changed(), if logout_deadline.is_none() => {
                     if changed.is_err() || *ctl.shutdown.borrow() {

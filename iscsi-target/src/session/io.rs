@@ -6,6 +6,7 @@ use std::future::Future;
 use std::io::{self, IoSlice};
 use std::os::unix::io::AsRawFd;
 use std::pin::Pin;
+use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest};
@@ -84,12 +85,14 @@ pub type Outbox = mpsc::Sender<Vec<Chunk>>;
 /// What the writer writes to: a byte stream that may also be able to send
 /// a file range straight from the page cache.
 pub trait Sink: AsyncWrite + Unpin + Send + Sized {
-    /// Writes every chunk in order and empties `chunks`. The default writes
-    /// memory chunks vectored and reads file ranges into memory first (for
-    /// in-memory streams in tests).
+    /// Writes every chunk in order and empties `chunks`, failing with
+    /// `TimedOut` when the stream takes no byte for `stall`. The default
+    /// writes memory chunks vectored and reads file ranges into memory first
+    /// (for in-memory streams in tests).
     fn write_chunks<'a>(
         &'a mut self,
         chunks: &'a mut Vec<Chunk>,
+        stall: Duration,
     ) -> Pin<Box<dyn Future<Output = io::Result<()>> + Send + 'a>> {
         Box::pin(async move {
             let mut bufs = Vec::with_capacity(chunks.len());
@@ -99,7 +102,7 @@ pub trait Sink: AsyncWrite + Unpin + Send + Sized {
                     Chunk::File(r) => r.read_now().map_err(io::Error::other)?,
                 });
             }
-            write_all_vectored(self, &mut bufs).await
+            write_all_vectored(self, &mut bufs, stall).await
         })
     }
 }
@@ -110,11 +113,12 @@ impl Sink for OwnedWriteHalf {
     fn write_chunks<'a>(
         &'a mut self,
         chunks: &'a mut Vec<Chunk>,
+        stall: Duration,
     ) -> Pin<Box<dyn Future<Output = io::Result<()>> + Send + 'a>> {
         Box::pin(async move {
             if chunks.iter().any(|c| matches!(c, Chunk::File(_))) {
                 let sock: &TcpStream = (*self).as_ref();
-                return writev_chunks(sock, chunks).await;
+                return writev_chunks(sock, chunks, stall).await;
             }
             let mut bufs: Vec<Bytes> = chunks
                 .drain(..)
@@ -123,7 +127,7 @@ impl Sink for OwnedWriteHalf {
                     Chunk::File(_) => None,
                 })
                 .collect();
-            write_all_vectored(self, &mut bufs).await
+            write_all_vectored(self, &mut bufs, stall).await
         })
     }
 }
@@ -134,11 +138,15 @@ impl Sink for OwnedWriteHalf {
 /// socket: one copy per byte, where reading into a buffer first makes two.
 /// A page that cannot be read in fails the call with EFAULT, which ends the
 /// connection like any socket error.
-async fn writev_chunks(sock: &TcpStream, chunks: &mut Vec<Chunk>) -> io::Result<()> {
+async fn writev_chunks(
+    sock: &TcpStream,
+    chunks: &mut Vec<Chunk>,
+    stall: Duration,
+) -> io::Result<()> {
     let mut start = 0usize; // first chunk not fully written
     let mut skip = 0usize; // bytes of it already written
     while start < chunks.len() {
-        sock.writable().await?;
+        no_stall(stall, sock.writable()).await?;
         let written = sock.try_io(Interest::WRITABLE, || {
             // Built here, not kept across the await: iovecs hold raw pointers.
             let iov: Vec<libc::iovec> = chunks[start..]
@@ -195,8 +203,15 @@ async fn writev_chunks(sock: &TcpStream, chunks: &mut Vec<Chunk>) -> io::Result<
 
 /// Runs the writer: takes every queued message, then writes them all with as
 /// few vectored writes as possible. Ends when all senders are gone, after
-/// flushing, or on a socket error.
-pub async fn writer_task<W: Sink>(mut w: W, mut rx: mpsc::Receiver<Vec<Chunk>>) -> io::Result<()> {
+/// flushing, or on a socket error. A peer that takes no byte for `stall`
+/// (it stopped reading, or its host froze) ends it with `TimedOut`: the
+/// queued data, and any page-cache ranges it holds, are dropped, and the
+/// session ends when its outbox closes.
+pub async fn writer_task<W: Sink>(
+    mut w: W,
+    mut rx: mpsc::Receiver<Vec<Chunk>>,
+    stall: Duration,
+) -> io::Result<()> {
     let mut pending: Vec<Chunk> = Vec::with_capacity(MAX_IOV);
     while let Some(first) = rx.recv().await {
         pending.extend(first);
@@ -206,21 +221,32 @@ pub async fn writer_task<W: Sink>(mut w: W, mut rx: mpsc::Receiver<Vec<Chunk>>) 
                 Err(_) => break,
             }
         }
-        w.write_chunks(&mut pending).await?;
+        w.write_chunks(&mut pending, stall).await?;
     }
-    w.flush().await?;
-    w.shutdown().await
+    no_stall(stall, w.flush()).await?;
+    no_stall(stall, w.shutdown()).await
+}
+
+/// `op`, or `TimedOut` if it makes no progress within `stall`.
+async fn no_stall<T>(stall: Duration, op: impl Future<Output = io::Result<T>>) -> io::Result<T> {
+    tokio::time::timeout(stall, op).await.unwrap_or_else(|_| {
+        Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("the peer took no data for {stall:?}"),
+        ))
+    })
 }
 
 async fn write_all_vectored<W: AsyncWrite + Unpin>(
     w: &mut W,
     bufs: &mut Vec<Bytes>,
+    stall: Duration,
 ) -> io::Result<()> {
     let mut start = 0;
     while start < bufs.len() {
         let end = bufs.len().min(start + MAX_IOV);
         let slices: Vec<IoSlice<'_>> = bufs[start..end].iter().map(|b| IoSlice::new(b)).collect();
-        let mut n = w.write_vectored(&slices).await?;
+        let mut n = no_stall(stall, w.write_vectored(&slices)).await?;
         if n == 0 {
             return Err(io::ErrorKind::WriteZero.into());
         }
@@ -262,7 +288,7 @@ mod tests {
     async fn writer_writes_everything_in_order() {
         let (client, mut server) = tokio::io::duplex(64);
         let (tx, rx) = mpsc::channel(4);
-        let task = tokio::spawn(writer_task(client, rx));
+        let task = tokio::spawn(writer_task(client, rx, Duration::from_secs(30)));
         let reader = tokio::spawn(async move {
             let mut all = Vec::new();
             server.read_to_end(&mut all).await.unwrap();
