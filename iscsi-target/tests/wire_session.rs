@@ -375,20 +375,26 @@ async fn keepalive_keeps_an_initiator_that_answers() {
         let Bhs::NopIn(n) = &p.bhs else {
             panic!("expected NOP-In, got {:?}", p.bhs)
         };
-        let answer = Pdu::new(
-            Bhs::NopOut(iscsi_target::pdu::NopOut {
-                immediate: true,
-                lun: 0,
-                itt: Itt::RESERVED,
-                ttt: n.ttt,
-                cmd_sn: w.cmd_sn,
-                exp_stat_sn: w.exp_stat_sn,
-            }),
-            Bytes::new(),
-        );
+        let answer = ping_answer(&w, n.ttt);
         w.send(&answer).await;
     }
     w.ping().await;
+}
+
+/// The NOP-Out that answers a target ping with transfer tag `ttt`
+/// (RFC 7143 §11.18).
+fn ping_answer(w: &Wire, ttt: Ttt) -> Pdu {
+    Pdu::new(
+        Bhs::NopOut(iscsi_target::pdu::NopOut {
+            immediate: true,
+            lun: 0,
+            itt: Itt::RESERVED,
+            ttt,
+            cmd_sn: w.cmd_sn,
+            exp_stat_sn: w.exp_stat_sn,
+        }),
+        Bytes::new(),
+    )
 }
 
 /// READ data goes out straight from the page cache when no data digest is
@@ -450,17 +456,7 @@ async fn recv_answering_pings(w: &mut Wire) -> Option<Pdu> {
         let p = w.recv().await?;
         match &p.bhs {
             Bhs::NopIn(n) if n.itt == Itt::RESERVED && n.ttt != Ttt::RESERVED => {
-                let answer = Pdu::new(
-                    Bhs::NopOut(iscsi_target::pdu::NopOut {
-                        immediate: true,
-                        lun: 0,
-                        itt: Itt::RESERVED,
-                        ttt: n.ttt,
-                        cmd_sn: w.cmd_sn,
-                        exp_stat_sn: w.exp_stat_sn,
-                    }),
-                    Bytes::new(),
-                );
+                let answer = ping_answer(w, n.ttt);
                 w.send(&answer).await;
             }
             _ => return Some(p),
