@@ -231,7 +231,8 @@ impl FullFeature {
     }
 
     async fn send_chunks(&mut self, chunks: Vec<Chunk>) {
-        // A closed writer means the socket is gone; the read side will notice.
+        // A closed writer means the socket is gone; `run` sees the outbox
+        // closed and ends the session.
         let _ = self.out.send(chunks).await;
     }
 
