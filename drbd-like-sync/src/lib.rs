@@ -1,1 +1,11 @@
-//! Locus storage-node daemon: mirroring, out-of-sync tracking and resync (not built yet).
+//! The storage side of Locus, below the iSCSI target.
+//!
+//! - [`storage`]: the [`storage::BlockBackend`] trait and its engines
+//!   (io_uring, thread pool, memory), used by both roles of a node: the
+//!   target role for its LUNs and local copies, the storage role for the
+//!   copies it serves to peers.
+//!
+//! Mirroring, out-of-sync tracking and resync are built on these; this
+//! crate knows nothing about iSCSI or SCSI.
+
+pub mod storage;

@@ -29,7 +29,7 @@ use futures::executor::block_on;
 use iscsi_target::scsi::{
     LogicalUnit, LunConfig, Nexus, Residual, ScsiRequest, ScsiStatus, ScsiTarget, TaskAttr,
 };
-use iscsi_target::storage::MemoryBackend;
+use drbd_like_sync::storage::MemoryBackend;
 use libfuzzer_sys::fuzz_target;
 
 /// Size of the LU's backend in bytes (8192 blocks of 512 bytes).

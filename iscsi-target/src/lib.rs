@@ -1,17 +1,12 @@
-//! Locus iSCSI target: the PDU codec ([`pdu`]), login negotiation
-//! ([`login`]), sessions ([`session`]), the transport-independent SCSI layer
-//! ([`scsi`]) over storage engines ([`storage`]), and the daemon that ties
-//! them together ([`daemon`], configured by [`config`]), which also serves
-//! the targets of a metadata store ([`metadata`]) over image-backed LUNs
-//! ([`imagelun`]).
+//! Locus iSCSI target: the protocol library — the PDU codec ([`pdu`]),
+//! login negotiation ([`login`]), sessions ([`session`]) and the
+//! transport-independent SCSI layer ([`scsi`]) — over the storage engines of
+//! `drbd_like_sync::storage`, and the daemon shell that ties them together
+//! ([`daemon`]: configuration, the target set, the metadata store's targets
+//! and image-backed LUNs, and one `run`).
 
-pub mod config;
 pub mod daemon;
-pub mod imagelun;
 pub mod login;
-pub mod metadata;
 pub mod pdu;
 pub mod scsi;
 pub mod session;
-pub mod storage;
-pub mod targets;

@@ -22,14 +22,14 @@ use blockmap::store::MetadataStore;
 use blockmap::types::{ByteSize, ImageName, Iqn, NodeId};
 use bytes::{Bytes, BytesMut};
 use common::*;
-use iscsi_target::config::Config;
-use iscsi_target::imagelun::image_path;
+use drbd_like_sync::storage::EngineChoice;
+use iscsi_target::daemon::config::Config;
+use iscsi_target::daemon::imagelun::image_path;
+use iscsi_target::daemon::metadata::StoreSync;
+use iscsi_target::daemon::targets::TargetSet;
 use iscsi_target::login::TargetDirectory;
-use iscsi_target::metadata::StoreSync;
 use iscsi_target::pdu::{Bhs, LoginFlags};
 use iscsi_target::session::TargetLookup;
-use iscsi_target::storage::EngineChoice;
-use iscsi_target::targets::TargetSet;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -67,7 +67,7 @@ impl StoreDaemon {
             store,
             NodeId::new(NODE).expect("node id"),
             cfg.data_dir.clone(),
-            EngineChoice::Auto,
+            EngineChoice::Auto.into(),
             cfg.targets.iter().map(|t| t.name.clone()),
         );
         if let Some(url) = reopen {
@@ -79,7 +79,7 @@ impl StoreDaemon {
         let feed = tokio::spawn(sync.clone().run(rx.clone()));
         let t = targets.clone();
         let daemon = tokio::spawn(async move {
-            iscsi_target::daemon::run(&cfg, t, vec![listener], rx).await;
+            iscsi_target::daemon::serve(&cfg, t, vec![listener], rx).await;
         });
         StoreDaemon {
             addr,
@@ -377,7 +377,7 @@ async fn scenario(admin: Arc<dyn MetadataStore>, daemon: Arc<dyn MetadataStore>)
 async fn store_luns_on_redis() {
     let srv = redis::RedisServer::start();
     let admin = blockmap::store::open(&srv.url).await.expect("admin store");
-    let daemon = iscsi_target::metadata::open_store(&srv.url)
+    let daemon = iscsi_target::daemon::metadata::open_store(&srv.url)
         .await
         .expect("daemon store");
     scenario(admin, daemon).await;
@@ -397,12 +397,12 @@ async fn store_luns_on_embedded_store() {
 
 #[tokio::test]
 async fn unreachable_store_is_a_clear_error() {
-    let e = match iscsi_target::metadata::open_store("redis://127.0.0.1:1/0").await {
+    let e = match iscsi_target::daemon::metadata::open_store("redis://127.0.0.1:1/0").await {
         Ok(_) => panic!("port 1 has no redis"),
         Err(e) => e.to_string(),
     };
     assert!(e.contains("unavailable"), "{e}");
-    let e = match iscsi_target::metadata::open_store("ftp://x").await {
+    let e = match iscsi_target::daemon::metadata::open_store("ftp://x").await {
         Ok(_) => panic!("not a store URL"),
         Err(e) => e.to_string(),
     };
@@ -461,7 +461,7 @@ async fn redis_restart_resubscribes_and_reloads() {
     let url = format!("redis://127.0.0.1:{port}/0");
     let first = FixedRedis::start(port);
     let admin = blockmap::store::open(&url).await.expect("admin store");
-    let daemon_store = iscsi_target::metadata::open_store(&url)
+    let daemon_store = iscsi_target::daemon::metadata::open_store(&url)
         .await
         .expect("daemon store");
     let d = StoreDaemon::start_with(daemon_store, Some(&url)).await;

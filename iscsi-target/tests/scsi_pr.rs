@@ -4,8 +4,8 @@
 mod scsi_util;
 use std::sync::Arc;
 
+use drbd_like_sync::storage::MemoryBackend;
 use iscsi_target::scsi::{LogicalUnit, LunConfig, ScsiTarget};
-use iscsi_target::storage::MemoryBackend;
 use scsi_util::*;
 
 const REGISTER: u8 = 0;

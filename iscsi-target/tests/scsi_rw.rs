@@ -432,7 +432,7 @@ async fn extended_copy_block_to_block() {
 struct Failing;
 
 #[async_trait::async_trait]
-impl iscsi_target::storage::BlockBackend for Failing {
+impl drbd_like_sync::storage::BlockBackend for Failing {
     fn size(&self) -> u64 {
         BLOCKS * 512
     }
@@ -443,8 +443,8 @@ impl iscsi_target::storage::BlockBackend for Failing {
         &self,
         _: u64,
         _: usize,
-    ) -> Result<bytes::Bytes, iscsi_target::storage::StorageError> {
-        Err(iscsi_target::storage::StorageError::from_io(
+    ) -> Result<bytes::Bytes, drbd_like_sync::storage::StorageError> {
+        Err(drbd_like_sync::storage::StorageError::from_io(
             "read",
             std::io::Error::from_raw_os_error(libc::EIO),
         ))
@@ -454,19 +454,19 @@ impl iscsi_target::storage::BlockBackend for Failing {
         _: u64,
         _: bytes::Bytes,
         _: bool,
-    ) -> Result<(), iscsi_target::storage::StorageError> {
-        Err(iscsi_target::storage::StorageError::from_io(
+    ) -> Result<(), drbd_like_sync::storage::StorageError> {
+        Err(drbd_like_sync::storage::StorageError::from_io(
             "write",
             std::io::Error::from_raw_os_error(libc::ENOSPC),
         ))
     }
-    async fn flush(&self) -> Result<(), iscsi_target::storage::StorageError> {
-        Err(iscsi_target::storage::StorageError::from_io(
+    async fn flush(&self) -> Result<(), drbd_like_sync::storage::StorageError> {
+        Err(drbd_like_sync::storage::StorageError::from_io(
             "flush",
             std::io::Error::from_raw_os_error(libc::EIO),
         ))
     }
-    async fn discard(&self, _: u64, _: u64) -> Result<(), iscsi_target::storage::StorageError> {
+    async fn discard(&self, _: u64, _: u64) -> Result<(), drbd_like_sync::storage::StorageError> {
         Ok(())
     }
     async fn write_zeroes(
@@ -474,10 +474,13 @@ impl iscsi_target::storage::BlockBackend for Failing {
         _: u64,
         _: u64,
         _: bool,
-    ) -> Result<(), iscsi_target::storage::StorageError> {
+    ) -> Result<(), drbd_like_sync::storage::StorageError> {
         Ok(())
     }
-    async fn allocation(&self, _: u64) -> Result<(bool, u64), iscsi_target::storage::StorageError> {
+    async fn allocation(
+        &self,
+        _: u64,
+    ) -> Result<(bool, u64), drbd_like_sync::storage::StorageError> {
         Ok((true, 512))
     }
 }

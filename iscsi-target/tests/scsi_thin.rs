@@ -68,7 +68,7 @@ async fn write_same_pattern_and_unmap() {
     let big = iscsi_target::scsi::ScsiTarget::new("big");
     let lu = iscsi_target::scsi::LogicalUnit::new(
         iscsi_target::scsi::LunConfig::new("BIG"),
-        std::sync::Arc::new(iscsi_target::storage::MemoryBackend::new(1 << 30)),
+        std::sync::Arc::new(drbd_like_sync::storage::MemoryBackend::new(1 << 30)),
     )
     .unwrap();
     big.add_lun(0, std::sync::Arc::new(lu));

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use iscsi_target::config::{Config, DEFAULT_TARGET};
+use iscsi_target::daemon::config::Config;
 use tokio::net::TcpListener;
 
 /// Locus iSCSI target daemon.
@@ -69,6 +69,7 @@ fn main() -> Result<()> {
     if args.node.is_some() {
         cfg.node = args.node;
     }
+    cfg.apply_env(|k| std::env::var(k).ok());
     cfg.validate()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -98,33 +99,13 @@ async fn serve(cfg: Config) -> Result<()> {
         })?;
         listeners.push(l);
     }
-    let targets = iscsi_target::daemon::build_targets(&cfg, &listeners)?;
     let (tx, rx) = tokio::sync::watch::channel(false);
-    if let Some(url) = &cfg.metadata {
-        let node = cfg
-            .node
-            .clone()
-            .unwrap_or_else(iscsi_target::metadata::default_node_id);
-        iscsi_target::metadata::start(url, &node, targets.clone(), &cfg, rx.clone())
-            .await
-            .context(
-                "cannot serve the targets of the metadata store (--metadata / LOCUS_METADATA)",
-            )?;
-        tracing::info!(node = %node, "serving the targets of the metadata store too");
-    }
-    for l in &listeners {
-        tracing::info!(portal = %l.local_addr()?, data_dir = %cfg.data_dir.display(),
-            "locusd listening");
-    }
-    if cfg.targets.iter().any(|t| t.name == DEFAULT_TARGET) {
-        tracing::info!(target = DEFAULT_TARGET, "serving the default target");
-    }
     tokio::spawn(async move {
         wait_for_signal().await;
         tracing::info!("signal received, shutting down");
         let _ = tx.send(true);
     });
-    iscsi_target::daemon::run(&cfg, targets, listeners, rx).await;
+    iscsi_target::daemon::run(cfg, listeners, rx).await?;
     Ok(())
 }
 

@@ -13,7 +13,7 @@ use super::opcodes::{code::*, OpInfo};
 use super::pr::PrState;
 use super::sense::{self, key, Sense};
 use super::{inquiry, mode, pr, rw, thin, Nexus, ScsiRequest};
-use crate::storage::{BlockBackend, FileRange, StorageError, StorageErrorKind};
+use drbd_like_sync::storage::{BlockBackend, FileRange, StorageError, StorageErrorKind};
 
 /// Largest READ/WRITE transfer accepted, in bytes (VPD B0 MAXIMUM TRANSFER LENGTH).
 pub(crate) const MAX_TRANSFER_BYTES: u64 = 8 << 20;
@@ -525,7 +525,7 @@ pub(crate) fn write_error(e: StorageError) -> Fail {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::{open_file, zero_copy_available, EngineChoice};
+    use drbd_like_sync::storage::{open_file, zero_copy_available, EngineChoice};
     use futures::FutureExt;
 
     /// An exclusive writer turns zero-copy off and waits for the ranges

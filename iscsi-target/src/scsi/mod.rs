@@ -1,7 +1,7 @@
 //! Transport-independent SCSI target (SAM-5, SPC-4, SBC-3).
 //!
 //! This module owns CDB parsing, command execution against a
-//! [`crate::storage::BlockBackend`], sense data, unit attentions and
+//! [`drbd_like_sync::storage::BlockBackend`], sense data, unit attentions and
 //! reservations. It knows nothing about iSCSI: the transport hands in a
 //! [`ScsiRequest`] with all Data-Out already collected and gets back a
 //! [`ScsiResponse`] with status, sense, Data-In and the residual. SCSI
@@ -138,7 +138,7 @@ pub struct ScsiResponse {
     /// Data-In as a range of the backing file instead of `data_in` (which
     /// is then empty), also truncated; only when the request allowed
     /// `zero_copy`. The transport sends it from the page cache.
-    pub data_in_file: Option<crate::storage::FileRange>,
+    pub data_in_file: Option<drbd_like_sync::storage::FileRange>,
     /// Residual against the expected length.
     pub residual: Residual,
 }

@@ -15,7 +15,7 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 use crate::pdu::{decode_frame, FrameError, FrameLimits, RawPdu};
-use crate::storage::FileRange;
+use drbd_like_sync::storage::FileRange;
 
 /// Size of the receive buffer refill; one read may bring many PDUs.
 const READ_CHUNK: usize = 256 * 1024;

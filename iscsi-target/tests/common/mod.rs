@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use iscsi_target::config::Config;
+use iscsi_target::daemon::config::Config;
 use iscsi_target::pdu::{
     decode_frame, Bhs, Digests, FrameLimits, Itt, LoginFlags, LoginRequest, NopOut, Pdu,
     ScsiCommand, SeqNum, TaskAttr, Ttt,
@@ -48,11 +48,11 @@ impl TestDaemon {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         cfg.listen = vec![addr];
-        let targets = iscsi_target::daemon::build_targets(&cfg, std::slice::from_ref(&listener))
-            .expect("targets build");
         let (tx, rx) = watch::channel(false);
         let task = tokio::spawn(async move {
-            iscsi_target::daemon::run(&cfg, targets, vec![listener], rx).await;
+            iscsi_target::daemon::run(cfg, vec![listener], rx)
+                .await
+                .expect("daemon starts");
         });
         TestDaemon {
             addr,

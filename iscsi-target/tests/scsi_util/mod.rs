@@ -5,11 +5,11 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use drbd_like_sync::storage::MemoryBackend;
 use iscsi_target::scsi::{
     LogicalUnit, LunConfig, Nexus, Residual, ScsiRequest, ScsiResponse, ScsiStatus, ScsiTarget,
     TaskAttr,
 };
-use iscsi_target::storage::MemoryBackend;
 
 pub const BLOCKS: u64 = 2048;
 pub const BS: u32 = 512;

@@ -1,7 +1,18 @@
-//! The daemon shell: accepts connections on every portal, hands each to the
-//! session layer, and shuts down gracefully (Async logout requests, drain,
-//! flush). `locusd`'s `main` only parses arguments and calls [`run`]; tests
-//! call the same [`run`] on `127.0.0.1:0` listeners.
+//! The daemon shell around the protocol library: the configuration
+//! ([`config`]), the target set ([`targets`]), the metadata store's targets
+//! and its change feed ([`metadata`]), image-backed LUNs ([`imagelun`]), and
+//! one [`run`] that serves them on every portal, hands each connection to
+//! the session layer, and shuts down gracefully (Async logout requests,
+//! drain, flush). `locusd`'s `main` only parses arguments and calls
+//! [`run`]; tests call the same [`run`] on `127.0.0.1:0` listeners.
+//!
+//! The protocol modules (`pdu`, `login`, `session`, `scsi`) know nothing of
+//! this shell.
+
+pub mod config;
+pub mod imagelun;
+pub mod metadata;
+pub mod targets;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,10 +21,10 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::config::Config;
+use crate::daemon::config::Config;
+use crate::daemon::targets::{TargetSet, TargetSetupError};
 use crate::login::TargetLimits;
 use crate::session::{serve_connection, ConnParams, ConnectionContext, SessionRegistry};
-use crate::targets::{TargetSet, TargetSetupError};
 
 /// How long shutdown waits for sessions beyond their logout grace period.
 const DRAIN_MARGIN: Duration = Duration::from_secs(10);
@@ -47,10 +58,69 @@ pub fn base_params(cfg: &Config) -> ConnParams {
     }
 }
 
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// A configured target or LUN could not be built.
+    #[error(transparent)]
+    Targets(#[from] TargetSetupError),
+    /// The metadata store could not be opened or read at start.
+    #[error("cannot serve the targets of the metadata store {url} (--metadata / LOCUS_METADATA)")]
+    Store {
+        /// The store's URL.
+        url: String,
+        /// The store's own message.
+        #[source]
+        source: blockmap::Error,
+    },
+}
+
+/// The whole daemon: builds the targets of `cfg` (creating the data dir and
+/// sparse images when absent), serves the metadata store's targets too when
+/// `cfg.metadata` names one, and serves every portal in `listeners` until
+/// `shutdown` becomes true (see [`serve`]). `main` and the tests call this
+/// one function.
+pub async fn run(
+    cfg: Config,
+    listeners: Vec<TcpListener>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), DaemonError> {
+    let targets = build_targets(&cfg, &listeners)?;
+    let mut store_task = None;
+    if let Some(url) = &cfg.metadata {
+        let node = cfg.node.clone().unwrap_or_else(metadata::default_node_id);
+        let (_, task) = metadata::start(url, &node, targets.clone(), &cfg, shutdown.clone())
+            .await
+            .map_err(|source| DaemonError::Store {
+                url: url.clone(),
+                source,
+            })?;
+        tracing::info!(node = %node, "serving the targets of the metadata store too");
+        store_task = Some(task);
+    }
+    for l in &listeners {
+        if let Ok(addr) = l.local_addr() {
+            tracing::info!(portal = %addr, data_dir = %cfg.data_dir.display(), "locusd listening");
+        }
+    }
+    if cfg.targets.iter().any(|t| t.name == config::DEFAULT_TARGET) {
+        tracing::info!(
+            target = config::DEFAULT_TARGET,
+            "serving the default target"
+        );
+    }
+    serve(&cfg, targets, listeners, shutdown).await;
+    if let Some(task) = store_task {
+        task.abort();
+    }
+    Ok(())
+}
+
 /// Serves `targets` on `listeners` until `shutdown` becomes true, then asks
 /// every initiator to log out, waits for running commands, and flushes every
-/// LUN to stable storage.
-pub async fn run(
+/// LUN to stable storage. [`run`] calls it after building the targets; tests
+/// that build their own target set call it directly.
+pub async fn serve(
     cfg: &Config,
     targets: Arc<TargetSet>,
     listeners: Vec<TcpListener>,

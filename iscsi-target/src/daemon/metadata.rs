@@ -36,11 +36,13 @@ use blockmap::types::{ImageName, Iqn, NodeId};
 use blockmap::{Error as StoreError, ErrorKind};
 use tokio::sync::watch;
 
-use crate::imagelun::{build_unit, check_placement, ImageBackend, ImageGeometry, PlacementError};
+use crate::daemon::imagelun::{
+    build_unit, check_placement, ImageBackend, ImageGeometry, PlacementError,
+};
+use crate::daemon::targets::{TargetSet, PORTAL_GROUP_TAG};
 use crate::login::{ChapCredentials, TargetAuthInfo};
 use crate::scsi::LogicalUnit;
-use crate::storage::{BlockBackend, EngineChoice};
-use crate::targets::{TargetSet, PORTAL_GROUP_TAG};
+use drbd_like_sync::storage::{BlockBackend, EngineConfig};
 
 /// First delay before re-subscribing after the feed ended.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -138,7 +140,7 @@ pub struct StoreSync {
     reopen: Option<String>,
     node: NodeId,
     data_dir: PathBuf,
-    engine: EngineChoice,
+    engine: EngineConfig,
     /// Lower-case names of the config-file targets.
     reserved: BTreeSet<String>,
     state: tokio::sync::Mutex<Installed>,
@@ -154,7 +156,7 @@ impl StoreSync {
         store: Arc<dyn MetadataStore>,
         node: NodeId,
         data_dir: PathBuf,
-        engine: EngineChoice,
+        engine: EngineConfig,
         config_targets: impl IntoIterator<Item = String>,
     ) -> Self {
         StoreSync {
@@ -542,13 +544,13 @@ pub async fn start(
     url: &str,
     node: &str,
     targets: Arc<TargetSet>,
-    cfg: &crate::config::Config,
+    cfg: &crate::daemon::config::Config,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(Arc<StoreSync>, tokio::task::JoinHandle<()>), StoreError> {
     let node = NodeId::new(node)?;
     let store = open_store(url).await?;
     check_node(&*store, &node).await;
-    let engine = EngineChoice::parse(&cfg.engine).unwrap_or(EngineChoice::Auto);
+    let engine = cfg.engine_config();
     let sync = Arc::new(
         StoreSync::new(
             targets,

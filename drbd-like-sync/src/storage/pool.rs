@@ -7,24 +7,29 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::{check_range, fileops, BlockBackend, StorageError};
+use super::{check_range, fileops, BlockBackend, StorageError, Tuning};
 
 /// File-backed engine that runs each request with `spawn_blocking`.
 #[derive(Debug)]
 pub struct PoolBackend {
     file: Arc<File>,
     size: u64,
-    /// The file's shared mapping for zero-copy reads, made on first use.
-    map: fileops::LazyMapping,
+    /// Inline reads and writes, zero-copy READ data.
+    fast: fileops::FastPaths,
 }
 
 impl PoolBackend {
-    /// Wrap an already sized file.
+    /// Wrap an already sized file, with the default fast paths.
     pub fn new(file: File, size: u64) -> Self {
+        Self::with_tuning(file, size, Tuning::default())
+    }
+
+    /// Wrap an already sized file, with the fast paths of `tuning`.
+    pub fn with_tuning(file: File, size: u64, tuning: Tuning) -> Self {
         PoolBackend {
             file: Arc::new(file),
             size,
-            map: fileops::LazyMapping::new(),
+            fast: fileops::FastPaths::new(tuning),
         }
     }
 
@@ -57,7 +62,7 @@ impl BlockBackend for PoolBackend {
     }
     async fn write(&self, offset: u64, data: Bytes, fua: bool) -> Result<(), StorageError> {
         check_range(offset, data.len() as u64, self.size)?;
-        if let Some(done) = fileops::write_inline(&self.file, offset, &data, fua) {
+        if let Some(done) = self.fast.write_inline(&self.file, offset, &data, fua) {
             return done;
         }
         if data.is_empty() && !fua {
@@ -79,7 +84,7 @@ impl BlockBackend for PoolBackend {
             .await
     }
     fn cached_range(&self, offset: u64, len: usize) -> Option<super::FileRange> {
-        fileops::cached_range(&self.file, &self.map, self.size, offset, len)
+        self.fast.cached_range(&self.file, self.size, offset, len)
     }
     async fn allocation(&self, offset: u64) -> Result<(bool, u64), StorageError> {
         if offset >= self.size {

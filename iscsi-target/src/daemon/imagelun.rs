@@ -25,7 +25,7 @@ use blockmap::types::{BlockIndex, BlockRange, ImageName, NodeId};
 use bytes::Bytes;
 
 use crate::scsi::{LogicalUnit, LunConfig};
-use crate::storage::{self, BlockBackend, EngineChoice, StorageError};
+use drbd_like_sync::storage::{self, BlockBackend, EngineConfig, StorageError};
 
 /// The directory, under the data dir, that holds local copies of images.
 pub const IMAGES_DIR: &str = "images";
@@ -197,7 +197,7 @@ impl ImageBackend {
         data_dir: &Path,
         image: &ImageName,
         size: u64,
-        engine: EngineChoice,
+        engine: EngineConfig,
     ) -> Result<Self, StorageError> {
         let path = image_path(data_dir, image);
         if let Some(dir) = path.parent() {
@@ -275,7 +275,7 @@ impl BlockBackend for ImageBackend {
         self.check("allocation")?;
         self.inner.allocation(offset).await
     }
-    fn cached_range(&self, offset: u64, len: usize) -> Option<crate::storage::FileRange> {
+    fn cached_range(&self, offset: u64, len: usize) -> Option<drbd_like_sync::storage::FileRange> {
         // A revoked image is read (and refused) through `read`.
         if self.is_revoked() {
             return None;
@@ -292,7 +292,7 @@ pub fn build_unit(
     data_dir: &Path,
     image: &ImageName,
     geometry: ImageGeometry,
-    engine: EngineChoice,
+    engine: EngineConfig,
 ) -> Result<(Arc<LogicalUnit>, Arc<ImageBackend>), String> {
     let backend = Arc::new(
         ImageBackend::open(data_dir, image, geometry.size, engine).map_err(|e| {
@@ -401,7 +401,13 @@ mod tests {
     async fn revoked_backend_refuses_io() {
         let dir = tempfile::tempdir().expect("tempdir");
         let img = ImageName::new("x").expect("name");
-        let b = ImageBackend::open(dir.path(), &img, 1 << 20, EngineChoice::Pool).expect("open");
+        let b = ImageBackend::open(
+            dir.path(),
+            &img,
+            1 << 20,
+            storage::EngineChoice::Pool.into(),
+        )
+        .expect("open");
         b.write(0, Bytes::from_static(b"hello"), false)
             .await
             .expect("write");

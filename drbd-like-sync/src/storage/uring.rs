@@ -22,7 +22,7 @@ use bytes::{Bytes, BytesMut};
 use io_uring::{opcode, types, IoUring};
 use tokio::sync::oneshot;
 
-use super::{check_range, fileops, BlockBackend, StorageError};
+use super::{check_range, fileops, BlockBackend, StorageError, Tuning};
 
 const RING_ENTRIES: u32 = 256;
 /// Largest single SQE transfer; longer requests continue as "short" I/O.
@@ -438,13 +438,20 @@ pub struct UringBackend {
     tx: mpsc::Sender<Request>,
     file: Arc<File>,
     size: u64,
-    /// The file's shared mapping for zero-copy reads, made on first use.
-    map: fileops::LazyMapping,
+    /// Inline reads and writes, zero-copy READ data.
+    fast: fileops::FastPaths,
 }
 
 impl UringBackend {
-    /// Start a worker thread with its own ring for `file`.
+    /// Start a worker thread with its own ring for `file`, with the default
+    /// fast paths.
     pub fn new(file: File, size: u64) -> Result<Self, StorageError> {
+        Self::with_tuning(file, size, Tuning::default())
+    }
+
+    /// Start a worker thread with its own ring for `file`, with the fast
+    /// paths of `tuning`.
+    pub fn with_tuning(file: File, size: u64, tuning: Tuning) -> Result<Self, StorageError> {
         let ring = IoUring::new(RING_ENTRIES).map_err(|e| StorageError::Setup {
             reason: "io_uring_setup".into(),
             source: Some(e),
@@ -463,7 +470,7 @@ impl UringBackend {
             tx,
             file,
             size,
-            map: fileops::LazyMapping::new(),
+            fast: fileops::FastPaths::new(tuning),
         })
     }
 
@@ -507,7 +514,7 @@ impl BlockBackend for UringBackend {
     }
     async fn write(&self, offset: u64, data: Bytes, fua: bool) -> Result<(), StorageError> {
         check_range(offset, data.len() as u64, self.size)?;
-        if let Some(done) = fileops::write_inline(&self.file, offset, &data, fua) {
+        if let Some(done) = self.fast.write_inline(&self.file, offset, &data, fua) {
             return done;
         }
         if data.is_empty() {
@@ -529,7 +536,7 @@ impl BlockBackend for UringBackend {
             .await
     }
     fn cached_range(&self, offset: u64, len: usize) -> Option<super::FileRange> {
-        fileops::cached_range(&self.file, &self.map, self.size, offset, len)
+        self.fast.cached_range(&self.file, self.size, offset, len)
     }
     async fn allocation(&self, offset: u64) -> Result<(bool, u64), StorageError> {
         if offset >= self.size {

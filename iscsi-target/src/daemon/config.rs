@@ -22,7 +22,11 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use drbd_like_sync::storage::{EngineChoice, EngineConfig, Tuning};
 use serde::Deserialize;
+
+/// The environment variable that overrides `engine = "auto"`.
+pub const ENGINE_ENV: &str = "LOCUS_STORAGE_ENGINE";
 
 /// The default target's IQN.
 pub const DEFAULT_TARGET: &str = "iqn.2026-11.io.locus:default";
@@ -73,6 +77,14 @@ pub struct Config {
     /// Storage engine: "auto", "uring" or "pool".
     #[serde(default = "default_engine")]
     pub engine: String,
+    /// Send cached READ data straight from the page cache (no data digest
+    /// only); `false` copies every read into a buffer first.
+    #[serde(default = "default_true")]
+    pub zero_copy: bool,
+    /// Do small buffered writes inline on the connection's task; `false`
+    /// sends every write to the storage engine's threads.
+    #[serde(default = "default_true")]
+    pub inline_writes: bool,
     /// Commands admitted per session (the CmdSN window).
     #[serde(default = "default_queue_depth")]
     pub queue_depth: u32,
@@ -194,6 +206,8 @@ impl Default for Config {
             data_dir: default_data_dir(),
             discovery_chap: None,
             engine: default_engine(),
+            zero_copy: true,
+            inline_writes: true,
             queue_depth: default_queue_depth(),
             nop_interval_secs: default_nop_interval(),
             nop_timeout_secs: default_nop_timeout(),
@@ -246,9 +260,46 @@ impl Config {
         Ok(cfg)
     }
 
+    /// Applies the environment switches that override the file:
+    /// `LOCUS_STORAGE_ENGINE` (when `engine` is "auto"), `LOCUS_ZERO_COPY=0`
+    /// and `LOCUS_INLINE_WRITES=0`. `lookup` reads one variable; the binary
+    /// passes `std::env::var`, tests a closure. Library code reads no
+    /// environment of its own.
+    pub fn apply_env(&mut self, lookup: impl Fn(&str) -> Option<String>) {
+        if let Some(e) = lookup(ENGINE_ENV) {
+            if EngineChoice::parse(&self.engine) == Some(EngineChoice::Auto) {
+                self.engine = e;
+            }
+        }
+        if lookup("LOCUS_ZERO_COPY").as_deref() == Some("0") {
+            self.zero_copy = false;
+        }
+        if lookup("LOCUS_INLINE_WRITES").as_deref() == Some("0") {
+            self.inline_writes = false;
+        }
+    }
+
+    /// How storage engines are opened, from `engine`, `zero_copy` and
+    /// `inline_writes` (`engine` was checked by [`validate`](Self::validate)).
+    pub fn engine_config(&self) -> EngineConfig {
+        EngineConfig {
+            choice: EngineChoice::parse(&self.engine).unwrap_or(EngineChoice::Auto),
+            tuning: Tuning {
+                zero_copy: self.zero_copy,
+                inline_writes: self.inline_writes,
+            },
+        }
+    }
+
     /// Checks every value; the error names the offending field.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
+        if EngineChoice::parse(&self.engine).is_none() {
+            return bad(format!(
+                "engine {:?} is not one of auto, uring, pool (from `engine`, --engine or {ENGINE_ENV})",
+                self.engine
+            ));
+        }
         if self.listen.is_empty() {
             return bad("`listen` must name at least one address".into());
         }
@@ -390,5 +441,38 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("not a valid"), "{e}");
+    }
+
+    #[test]
+    fn environment_switches_override_the_file() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                pairs
+                    .iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        let mut cfg = Config::default();
+        cfg.apply_env(env(&[]));
+        assert_eq!(cfg.engine_config(), EngineConfig::default());
+        cfg.apply_env(env(&[
+            (ENGINE_ENV, "pool"),
+            ("LOCUS_ZERO_COPY", "0"),
+            ("LOCUS_INLINE_WRITES", "0"),
+        ]));
+        let e = cfg.engine_config();
+        assert_eq!(e.choice, EngineChoice::Pool);
+        assert!(!e.tuning.zero_copy && !e.tuning.inline_writes);
+        // An explicit engine in the file wins over the environment.
+        let mut cfg = Config::parse("engine = \"uring\"").unwrap();
+        cfg.apply_env(env(&[(ENGINE_ENV, "pool"), ("LOCUS_ZERO_COPY", "1")]));
+        assert_eq!(cfg.engine_config().choice, EngineChoice::Uring);
+        assert!(cfg.engine_config().tuning.zero_copy);
+        // A bad value is an error that names where it came from.
+        let mut cfg = Config::default();
+        cfg.apply_env(env(&[(ENGINE_ENV, "bogus")]));
+        let e = cfg.validate().unwrap_err().to_string();
+        assert!(e.contains("bogus") && e.contains(ENGINE_ENV), "{e}");
     }
 }

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use iscsi_target::storage::{
+use drbd_like_sync::storage::{
     open_file, resolve_engine, uring, BlockBackend, EngineChoice, MemoryBackend, PoolBackend,
     ResolvedEngine, StorageErrorKind, UringBackend,
 };
@@ -167,7 +167,7 @@ async fn conformance(b: Arc<dyn BlockBackend>) {
     // backend does, slices stay inside it, and nothing outside the
     // backend is handed out.
     let range = b.cached_range(4 << 20, 1 << 20);
-    if name == "memory" || !iscsi_target::storage::zero_copy_available() {
+    if name == "memory" || !drbd_like_sync::storage::zero_copy_available() {
         assert!(range.is_none(), "{name}: no zero-copy here");
     } else {
         let range = range.unwrap_or_else(|| panic!("{name}: cached range"));
@@ -264,11 +264,11 @@ async fn open_file_creates_sparse_and_refuses_size_mismatch() {
     assert_eq!(err.kind(), StorageErrorKind::Setup);
     let err = open_file(&p, SIZE / 2, EngineChoice::Pool).err().unwrap();
     assert_eq!(err.kind(), StorageErrorKind::Setup);
-    let b = iscsi_target::storage::open_file_with(
+    let b = drbd_like_sync::storage::open_file_with(
         &p,
         SIZE * 2,
-        iscsi_target::storage::OpenOptions {
-            engine: EngineChoice::Pool,
+        drbd_like_sync::storage::OpenOptions {
+            engine: EngineChoice::Pool.into(),
             allow_grow: true,
         },
     )
@@ -280,31 +280,34 @@ async fn open_file_creates_sparse_and_refuses_size_mismatch() {
 #[test]
 fn engine_resolution_falls_back() {
     use EngineChoice::*;
-    assert_eq!(
-        resolve_engine(Auto, None, true).unwrap(),
-        ResolvedEngine::Uring
-    );
-    assert_eq!(
-        resolve_engine(Auto, None, false).unwrap(),
-        ResolvedEngine::Pool
-    );
-    assert_eq!(
-        resolve_engine(Auto, Some("pool"), true).unwrap(),
-        ResolvedEngine::Pool
-    );
-    assert_eq!(
-        resolve_engine(Auto, Some("URING"), true).unwrap(),
-        ResolvedEngine::Uring
-    );
-    assert_eq!(
-        resolve_engine(Auto, Some("auto"), false).unwrap(),
-        ResolvedEngine::Pool
-    );
-    assert!(resolve_engine(Auto, Some("uring"), false).is_err());
-    assert!(resolve_engine(Auto, Some("bogus"), true).is_err());
-    assert!(resolve_engine(Uring, None, false).is_err());
-    assert_eq!(
-        resolve_engine(Pool, Some("uring"), true).unwrap(),
-        ResolvedEngine::Pool
-    );
+    assert_eq!(resolve_engine(Auto, true).unwrap(), ResolvedEngine::Uring);
+    assert_eq!(resolve_engine(Auto, false).unwrap(), ResolvedEngine::Pool);
+    assert_eq!(resolve_engine(Pool, true).unwrap(), ResolvedEngine::Pool);
+    assert_eq!(resolve_engine(Uring, true).unwrap(), ResolvedEngine::Uring);
+    assert!(resolve_engine(Uring, false).is_err());
+}
+
+/// The fast-path switches belong to the engine, not the process: two
+/// engines in one process (as two nodes in one test) keep their own.
+#[tokio::test]
+async fn tuning_is_per_engine() {
+    use drbd_like_sync::storage::{EngineConfig, Tuning};
+    let dir = tempfile::tempdir().unwrap();
+    let off = EngineConfig {
+        choice: EngineChoice::Pool,
+        tuning: Tuning {
+            zero_copy: false,
+            inline_writes: false,
+        },
+    };
+    let plain = open_file(&dir.path().join("a"), SIZE, off).unwrap();
+    let fast = open_file(&dir.path().join("b"), SIZE, EngineChoice::Pool).unwrap();
+    for b in [&plain, &fast] {
+        b.write(0, pattern(3, 1 << 20), false).await.unwrap();
+        assert_eq!(b.read(0, 1 << 20).await.unwrap(), pattern(3, 1 << 20));
+    }
+    assert!(plain.cached_range(0, 1 << 20).is_none(), "zero copy off");
+    if drbd_like_sync::storage::zero_copy_available() {
+        assert!(fast.cached_range(0, 1 << 20).is_some(), "zero copy on");
+    }
 }

@@ -1,10 +1,13 @@
 //! Block storage engines behind one async trait.
 //!
-//! This module owns the byte-addressed backing store of a logical unit: the
-//! [`BlockBackend`] trait, its error type, and three engines (`uring`,
-//! `pool`, `memory`). It knows nothing about SCSI (no LBAs, no sense data)
-//! and nothing about iSCSI; the SCSI layer converts LBAs to byte offsets and
-//! maps [`StorageErrorKind`] onto sense codes.
+//! This module owns the byte-addressed backing store of a logical unit and
+//! of a storage node's copy of an image: the [`BlockBackend`] trait, its
+//! error type, and three engines (`uring`, `pool`, `memory`). Both roles of
+//! a node use this one set: the target role for its LUNs and its local
+//! copies, the storage role for the copies it serves to peers. It knows
+//! nothing about SCSI (no LBAs, no sense data) and nothing about iSCSI; the
+//! SCSI layer converts LBAs to byte offsets and maps [`StorageErrorKind`]
+//! onto sense codes.
 
 use std::io;
 use std::path::Path;
@@ -18,6 +21,7 @@ pub mod memory;
 pub mod pool;
 pub mod uring;
 
+pub use fileops::Tuning;
 pub use memory::MemoryBackend;
 pub use pool::PoolBackend;
 pub use uring::UringBackend;
@@ -291,25 +295,23 @@ impl Drop for Mapping {
     }
 }
 
-/// Whether file engines can hand out [`FileRange`]s here: the kernel has
-/// cachestat(2) (Linux 6.5+) and `LOCUS_ZERO_COPY=0` is not set.
+/// Whether file engines can hand out [`FileRange`]s on this kernel: it has
+/// cachestat(2) (Linux 6.5+). An engine opened with
+/// [`Tuning::zero_copy`] off never does.
 pub fn zero_copy_available() -> bool {
-    fileops::zero_copy_available()
+    fileops::cachestat_supported()
 }
 
 /// Which engine `open_file` should use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EngineChoice {
-    /// `LOCUS_STORAGE_ENGINE` if set, else io_uring when the probe succeeds, else pool.
+    /// io_uring when the probe succeeds, else pool.
     Auto,
     /// io_uring; fails if the kernel refuses io_uring.
     Uring,
     /// Thread-pool pread/pwrite.
     Pool,
 }
-
-/// The environment variable that overrides [`EngineChoice::Auto`].
-pub const ENGINE_ENV: &str = "LOCUS_STORAGE_ENGINE";
 
 impl EngineChoice {
     /// Parse `pool`, `uring` or `auto` (case-insensitive).
@@ -332,22 +334,12 @@ pub enum ResolvedEngine {
     Pool,
 }
 
-/// Resolve a choice given the environment override and the io_uring probe
-/// result. Pure, so that the fallback logic is testable.
+/// Resolve a choice given the io_uring probe result. Pure, so that the
+/// fallback logic is testable.
 pub fn resolve_engine(
     choice: EngineChoice,
-    env: Option<&str>,
     uring_ok: bool,
 ) -> Result<ResolvedEngine, StorageError> {
-    let choice = match (choice, env) {
-        (EngineChoice::Auto, Some(v)) => {
-            EngineChoice::parse(v).ok_or_else(|| StorageError::Setup {
-                reason: format!("{ENGINE_ENV}={v:?} is not one of pool, uring, auto"),
-                source: None,
-            })?
-        }
-        (c, _) => c,
-    };
     match choice {
         EngineChoice::Pool => Ok(ResolvedEngine::Pool),
         EngineChoice::Uring if uring_ok => Ok(ResolvedEngine::Uring),
@@ -360,11 +352,44 @@ pub fn resolve_engine(
     }
 }
 
+/// How file engines are opened: which engine, and the switches of its fast
+/// paths. Chosen by the binary (config file, command line, environment)
+/// and passed down; the storage layer reads no environment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EngineConfig {
+    /// Engine selection.
+    pub choice: EngineChoice,
+    /// Fast-path switches.
+    pub tuning: Tuning,
+}
+
+impl EngineConfig {
+    /// `choice` with the default fast paths (all on).
+    pub fn new(choice: EngineChoice) -> Self {
+        EngineConfig {
+            choice,
+            tuning: Tuning::default(),
+        }
+    }
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig::new(EngineChoice::Auto)
+    }
+}
+
+impl From<EngineChoice> for EngineConfig {
+    fn from(choice: EngineChoice) -> Self {
+        EngineConfig::new(choice)
+    }
+}
+
 /// Options for [`open_file_with`].
 #[derive(Debug, Clone, Copy)]
 pub struct OpenOptions {
-    /// Engine selection.
-    pub engine: EngineChoice,
+    /// Engine selection and tuning.
+    pub engine: EngineConfig,
     /// Allow an existing smaller file to be extended to `size_bytes`.
     pub allow_grow: bool,
 }
@@ -374,13 +399,13 @@ pub struct OpenOptions {
 pub fn open_file(
     path: &Path,
     size_bytes: u64,
-    engine: EngineChoice,
+    engine: impl Into<EngineConfig>,
 ) -> Result<Arc<dyn BlockBackend>, StorageError> {
     open_file_with(
         path,
         size_bytes,
         OpenOptions {
-            engine,
+            engine: engine.into(),
             allow_grow: false,
         },
     )
@@ -392,11 +417,13 @@ pub fn open_file_with(
     size_bytes: u64,
     opts: OpenOptions,
 ) -> Result<Arc<dyn BlockBackend>, StorageError> {
-    let env = std::env::var(ENGINE_ENV).ok();
-    let resolved = resolve_engine(opts.engine, env.as_deref(), uring::probe())?;
+    let resolved = resolve_engine(opts.engine.choice, uring::probe())?;
     let file = fileops::open_sized(path, size_bytes, opts.allow_grow)?;
+    let tuning = opts.engine.tuning;
     match resolved {
-        ResolvedEngine::Pool => Ok(Arc::new(PoolBackend::new(file, size_bytes))),
-        ResolvedEngine::Uring => Ok(Arc::new(UringBackend::new(file, size_bytes)?)),
+        ResolvedEngine::Pool => Ok(Arc::new(PoolBackend::with_tuning(file, size_bytes, tuning))),
+        ResolvedEngine::Uring => Ok(Arc::new(UringBackend::with_tuning(
+            file, size_bytes, tuning,
+        )?)),
     }
 }

@@ -9,6 +9,10 @@ use std::os::unix::io::AsRawFd;
 use std::path::Path;
 use std::sync::Arc;
 
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::time::Duration;
+
 use bytes::{Bytes, BytesMut};
 
 use super::{FileRange, Mapping, StorageError};
@@ -90,17 +94,13 @@ pub(crate) fn read_nowait(file: &File, offset: u64, len: usize) -> Option<Bytes>
 /// syscall tables were unified); `libc` does not name it for all targets.
 const SYS_CACHESTAT: libc::c_long = 451;
 
-/// Whether cachestat(2) is worth trying (cleared on ENOSYS/EPERM).
-static CACHESTAT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
-
-/// Whether this kernel answers cachestat(2) (Linux 6.5+) and zero-copy
-/// READ data is not turned off: without both, [`cached_range`] is always
-/// `None`. Probed once, on this process's own executable.
-pub(crate) fn zero_copy_available() -> bool {
+/// Whether this kernel answers cachestat(2) (Linux 6.5+): without it,
+/// [`FastPaths::cached_range`] is always `None`. A property of the kernel,
+/// so it is probed once per process, on this process's own executable.
+pub(crate) fn cachestat_supported() -> bool {
     static OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *OK.get_or_init(|| {
         File::open("/proc/self/exe").is_ok_and(|exe| pages_cached(&exe, 0, 4096).is_ok())
-            && zero_copy_enabled()
     })
 }
 
@@ -143,185 +143,237 @@ fn pages_cached(file: &File, offset: u64, len: u64) -> std::io::Result<u64> {
     }
 }
 
-/// The mapping of a file engine's file, made on the first zero-copy read.
-pub(crate) type LazyMapping = std::sync::OnceLock<Option<Arc<Mapping>>>;
+/// The per-engine state of the fast paths that every file engine shares:
+/// inline reads and writes on the calling task, and zero-copy READ data.
+///
+/// Everything here belongs to one engine (one open file), never to the
+/// process, so that two nodes running in one test process do not steer
+/// each other: the switches come from the [`Tuning`] the engine was opened
+/// with, and what the engine learns at run time (the inline-write backoff,
+/// a filesystem without NOWAIT writes, a kernel that refuses cachestat)
+/// stays with it.
+#[derive(Debug)]
+pub(crate) struct FastPaths {
+    tuning: Tuning,
+    /// The file's shared mapping for zero-copy reads, made on first use.
+    map: std::sync::OnceLock<Option<Arc<Mapping>>>,
+    /// Whether cachestat(2) is worth trying (cleared on ENOSYS/EPERM).
+    cachestat: AtomicBool,
+    /// Whether `pwritev2(RWF_NOWAIT)` is worth trying (cleared on EOPNOTSUPP).
+    nowait_writes: AtomicBool,
+    backoff: InlineBackoff,
+}
 
-/// `[offset, offset + len)` of `file` (of `size` bytes, mapped lazily into
-/// `map`) as a [`FileRange`] when every page of it is in the page cache,
-/// asked with cachestat(2), which only looks at the cache and never blocks.
-/// A page evicted between this check and the send is read back in by the
-/// kernel during the send: a short stall on the sending task, never wrong
-/// data.
-pub(crate) fn cached_range(
-    file: &Arc<File>,
-    map: &LazyMapping,
-    size: u64,
-    offset: u64,
-    len: usize,
-) -> Option<FileRange> {
-    use std::sync::atomic::Ordering::Relaxed;
-    if len == 0 || !CACHESTAT.load(Relaxed) || !zero_copy_enabled() {
-        return None;
+impl FastPaths {
+    /// Fast paths with the switches of `tuning`.
+    pub(crate) fn new(tuning: Tuning) -> Self {
+        FastPaths {
+            tuning,
+            map: std::sync::OnceLock::new(),
+            cachestat: AtomicBool::new(true),
+            nowait_writes: AtomicBool::new(true),
+            backoff: InlineBackoff::new(),
+        }
     }
-    super::check_range(offset, len as u64, size).ok()?;
-    let map = map
-        .get_or_init(|| Mapping::new(file, size).map(Arc::new))
-        .as_ref()?;
-    let cached = match pages_cached(file, offset, len as u64) {
-        Ok(n) => n,
-        Err(e) => {
-            if matches!(e.raw_os_error(), Some(libc::ENOSYS) | Some(libc::EPERM)) {
-                CACHESTAT.store(false, Relaxed);
-            }
+
+    /// `[offset, offset + len)` of `file` (of `size` bytes, mapped lazily)
+    /// as a [`FileRange`] when every page of it is in the page cache, asked
+    /// with cachestat(2), which only looks at the cache and never blocks. A
+    /// page evicted between this check and the send is read back in by the
+    /// kernel during the send: a short stall on the sending task, never
+    /// wrong data.
+    pub(crate) fn cached_range(
+        &self,
+        file: &Arc<File>,
+        size: u64,
+        offset: u64,
+        len: usize,
+    ) -> Option<FileRange> {
+        if len == 0 || !self.tuning.zero_copy || !self.cachestat.load(Relaxed) {
             return None;
         }
-    };
+        super::check_range(offset, len as u64, size).ok()?;
+        let map = self
+            .map
+            .get_or_init(|| Mapping::new(file, size).map(Arc::new))
+            .as_ref()?;
+        let cached = match pages_cached(file, offset, len as u64) {
+            Ok(n) => n,
+            Err(e) => {
+                if matches!(e.raw_os_error(), Some(libc::ENOSYS) | Some(libc::EPERM)) {
+                    self.cachestat.store(false, Relaxed);
+                }
+                return None;
+            }
+        };
+        let page = page_size();
+        let end = offset.checked_add(len as u64)?;
+        let pages = end.div_ceil(page) - offset / page;
+        if end > map.len as u64 {
+            return None;
+        }
+        (cached >= pages).then(|| FileRange {
+            file: Arc::clone(file),
+            map: Arc::clone(map),
+            offset,
+            len,
+            hold: None,
+        })
+    }
+
+    /// Writes small, non-FUA data straight into the page cache on the
+    /// calling task, the way a cached read completes inline: a page-cache
+    /// copy of at most [`INLINE_WRITE_MAX`] bytes costs microseconds, far
+    /// less than two thread hand-offs. `pwritev2(RWF_NOWAIT)` is tried first
+    /// (it never blocks); on a filesystem without buffered NOWAIT writes
+    /// (ext4 answers EOPNOTSUPP) the plain write is done inline too,
+    /// accepting a rare short stall under dirty page throttling. Returns
+    /// `None` when the write must go to the engine: FUA (it needs
+    /// fdatasync), large writes, EAGAIN, inline writes turned off, or a
+    /// backoff after an inline write blocked.
+    pub(crate) fn write_inline(
+        &self,
+        file: &File,
+        offset: u64,
+        data: &[u8],
+        fua: bool,
+    ) -> Option<Result<(), StorageError>> {
+        if fua || data.len() > INLINE_WRITE_MAX || data.is_empty() || !self.tuning.inline_writes {
+            return None;
+        }
+        if self.backoff.active() {
+            return None;
+        }
+        let started = std::time::Instant::now();
+        let result = self.write_inline_now(file, offset, data)?;
+        self.backoff.observe(started.elapsed());
+        Some(result)
+    }
+
+    fn write_inline_now(
+        &self,
+        file: &File,
+        offset: u64,
+        data: &[u8],
+    ) -> Option<Result<(), StorageError>> {
+        if !self.nowait_writes.load(Relaxed) {
+            return Some(write_at(file, offset, data, false));
+        }
+        // `pwritev2(RWF_NOWAIT)` piece by piece (see WRITE_PIECE). EAGAIN before
+        // anything is written hands the whole write to the engine; after that,
+        // or on a short write, the rest is finished with plain pwrites.
+        let mut written = 0usize;
+        for (at, range) in write_pieces(offset, data.len()) {
+            let piece = &data[range.clone()];
+            let iov = libc::iovec {
+                iov_base: piece.as_ptr() as *mut libc::c_void,
+                iov_len: piece.len(),
+            };
+            let off = i64::try_from(at).ok()?;
+            // SAFETY: one iovec describing `piece`, which the kernel only reads.
+            let n = unsafe { libc::pwritev2(file.as_raw_fd(), &iov, 1, off, libc::RWF_NOWAIT) };
+            if n >= 0 && n as usize == piece.len() {
+                written = range.end;
+                continue;
+            }
+            let errno = std::io::Error::last_os_error().raw_os_error();
+            if n < 0 && errno == Some(libc::EAGAIN) && written == 0 {
+                return None;
+            }
+            if n < 0 && errno == Some(libc::EOPNOTSUPP) {
+                // Learned once: this filesystem has no buffered NOWAIT writes, so
+                // skip the extra syscall from now on.
+                self.nowait_writes.store(false, Relaxed);
+            }
+            written = range.start + usize::try_from(n).unwrap_or(0);
+            break;
+        }
+        Some(write_at(
+            file,
+            offset + written as u64,
+            &data[written..],
+            false,
+        ))
+    }
+}
+
+/// The switches of the fast paths, chosen when an engine is opened (the
+/// binary reads them from its config and environment; library code never
+/// does).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tuning {
+    /// Hand out [`FileRange`]s for cached READ data (zero-copy sends).
+    pub zero_copy: bool,
+    /// Do small buffered writes inline on the calling task. Inline writes
+    /// cost about half the CPU per 4 KiB write, but a write to a page still
+    /// under writeback waits for that I/O on the calling task (measured in
+    /// BENCHMARKS.md).
+    pub inline_writes: bool,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            zero_copy: true,
+            inline_writes: true,
+        }
+    }
+}
+
+/// The page size, asked once (a property of the machine).
+fn page_size() -> u64 {
     static PAGE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    let page = *PAGE.get_or_init(|| {
+    *PAGE.get_or_init(|| {
         // SAFETY: sysconf has no memory arguments.
         let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
         u64::try_from(size).unwrap_or(4096)
-    });
-    let end = offset.checked_add(len as u64)?;
-    let pages = end.div_ceil(page) - offset / page;
-    if end > map.len as u64 {
-        return None;
-    }
-    (cached >= pages).then(|| FileRange {
-        file: Arc::clone(file),
-        map: Arc::clone(map),
-        offset,
-        len,
-        hold: None,
     })
-}
-
-/// `LOCUS_ZERO_COPY=0` turns zero-copy READ data off: every read is copied
-/// into a buffer first. Read once per process.
-fn zero_copy_enabled() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("LOCUS_ZERO_COPY").map_or(true, |v| v != "0"))
-}
-
-/// Whether `pwritev2(RWF_NOWAIT)` is worth trying (cleared on EOPNOTSUPP).
-static NOWAIT_WRITES: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
-
-/// `LOCUS_INLINE_WRITES=0` sends every write to the engine's threads. Inline
-/// writes cost about half the CPU per 4 KiB write, but a write to a page
-/// still under writeback waits for that I/O on the calling task (measured in
-/// BENCHMARKS.md); read once per process.
-fn inline_writes_enabled() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("LOCUS_INLINE_WRITES").map_or(true, |v| v != "0"))
 }
 
 /// Largest buffered write done inline on the calling task (bytes).
 pub(crate) const INLINE_WRITE_MAX: usize = 256 * 1024;
 
-/// Writes small, non-FUA data straight into the page cache on the calling
-/// task, the way a cached read completes inline: a page-cache copy of at most
-/// [`INLINE_WRITE_MAX`] bytes costs microseconds, far less than two thread
-/// hand-offs. `pwritev2(RWF_NOWAIT)` is tried first (it never blocks); on a
-/// filesystem without buffered NOWAIT writes (ext4 answers EOPNOTSUPP) the
-/// plain write is done inline too, accepting a rare short stall under dirty
-/// page throttling. Returns `None` when the write must go to the engine: FUA
-/// (it needs fdatasync), large writes, or EAGAIN.
-pub(crate) fn write_inline(
-    file: &File,
-    offset: u64,
-    data: &[u8],
-    fua: bool,
-) -> Option<Result<(), StorageError>> {
-    if fua || data.len() > INLINE_WRITE_MAX || data.is_empty() || !inline_writes_enabled() {
-        return None;
-    }
-    if inline_backoff::active() {
-        return None;
-    }
-    let started = std::time::Instant::now();
-    let result = write_inline_now(file, offset, data)?;
-    inline_backoff::observe(started.elapsed());
-    Some(result)
-}
-
 /// Backs inline writes off after one of them blocked. A buffered write that
 /// lands on a page under writeback waits for that I/O (stable pages); done
 /// inline, the wait would stall the whole connection, so for a short while
 /// writes go to the engine's threads, where they wait in parallel.
-mod inline_backoff {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    use std::sync::OnceLock;
-    use std::time::{Duration, Instant};
+#[derive(Debug)]
+struct InlineBackoff {
+    epoch: std::time::Instant,
+    /// Nanoseconds since `epoch` until which inline writes are off.
+    until: AtomicU64,
+}
 
+impl InlineBackoff {
     /// An inline write slower than this blocked in the kernel.
     const BLOCKED: Duration = Duration::from_micros(200);
     /// How long writes then avoid the inline path.
     const BACKOFF: Duration = Duration::from_millis(200);
 
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    /// Nanoseconds since EPOCH until which inline writes are off.
-    static UNTIL: AtomicU64 = AtomicU64::new(0);
-
-    fn now() -> u64 {
-        let e = *EPOCH.get_or_init(Instant::now);
-        u64::try_from(e.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    fn new() -> Self {
+        InlineBackoff {
+            epoch: std::time::Instant::now(),
+            until: AtomicU64::new(0),
+        }
     }
 
-    pub(super) fn active() -> bool {
-        let until = UNTIL.load(Ordering::Relaxed);
-        until != 0 && now() < until
+    fn now(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
 
-    pub(super) fn observe(took: Duration) {
-        if took > BLOCKED {
-            UNTIL.store(
-                now().saturating_add(BACKOFF.as_nanos() as u64),
-                Ordering::Relaxed,
+    fn active(&self) -> bool {
+        let until = self.until.load(Relaxed);
+        until != 0 && self.now() < until
+    }
+
+    fn observe(&self, took: Duration) {
+        if took > Self::BLOCKED {
+            self.until.store(
+                self.now().saturating_add(Self::BACKOFF.as_nanos() as u64),
+                Relaxed,
             );
         }
     }
-}
-
-fn write_inline_now(file: &File, offset: u64, data: &[u8]) -> Option<Result<(), StorageError>> {
-    use std::sync::atomic::Ordering::Relaxed;
-    if !NOWAIT_WRITES.load(Relaxed) {
-        return Some(write_at(file, offset, data, false));
-    }
-    // `pwritev2(RWF_NOWAIT)` piece by piece (see WRITE_PIECE). EAGAIN before
-    // anything is written hands the whole write to the engine; after that,
-    // or on a short write, the rest is finished with plain pwrites.
-    let mut written = 0usize;
-    for (at, range) in write_pieces(offset, data.len()) {
-        let piece = &data[range.clone()];
-        let iov = libc::iovec {
-            iov_base: piece.as_ptr() as *mut libc::c_void,
-            iov_len: piece.len(),
-        };
-        let off = i64::try_from(at).ok()?;
-        // SAFETY: one iovec describing `piece`, which the kernel only reads.
-        let n = unsafe { libc::pwritev2(file.as_raw_fd(), &iov, 1, off, libc::RWF_NOWAIT) };
-        if n >= 0 && n as usize == piece.len() {
-            written = range.end;
-            continue;
-        }
-        let errno = std::io::Error::last_os_error().raw_os_error();
-        if n < 0 && errno == Some(libc::EAGAIN) && written == 0 {
-            return None;
-        }
-        if n < 0 && errno == Some(libc::EOPNOTSUPP) {
-            // Learned once: this filesystem has no buffered NOWAIT writes, so
-            // skip the extra syscall from now on.
-            NOWAIT_WRITES.store(false, Relaxed);
-        }
-        written = range.start + usize::try_from(n).unwrap_or(0);
-        break;
-    }
-    Some(write_at(
-        file,
-        offset + written as u64,
-        &data[written..],
-        false,
-    ))
 }
 
 /// Runs `f` on tokio's blocking pool with the file: the slow path of every

@@ -7,11 +7,11 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
-use crate::config::{parse_size, ChapConfig, Config, LunConfigFile, TargetConfig};
+use crate::daemon::config::{parse_size, ChapConfig, Config, LunConfigFile, TargetConfig};
 use crate::login::{ChapCredentials, DiscoveredTarget, Portal, TargetAuthInfo, TargetDirectory};
 use crate::scsi::{LogicalUnit, LunConfig, ScsiTarget};
 use crate::session::TargetLookup;
-use crate::storage::{self, EngineChoice};
+use drbd_like_sync::storage::{self, EngineConfig};
 
 /// The portal group tag of every Locus portal (one portal group per target).
 pub const PORTAL_GROUP_TAG: u16 = 1;
@@ -75,12 +75,13 @@ impl TargetSet {
     /// Builds every configured target, creating sparse backing files as
     /// needed. `portals` are the addresses SendTargets reports.
     pub fn from_config(cfg: &Config, portals: &[SocketAddr]) -> Result<Self, TargetSetupError> {
-        let engine = EngineChoice::parse(&cfg.engine).ok_or_else(|| {
-            TargetSetupError::Config(format!(
+        if storage::EngineChoice::parse(&cfg.engine).is_none() {
+            return Err(TargetSetupError::Config(format!(
                 "engine {:?} is not one of auto, uring, pool",
                 cfg.engine
-            ))
-        })?;
+            )));
+        }
+        let engine = cfg.engine_config();
         let set = TargetSet {
             targets: RwLock::new(BTreeMap::new()),
             portals: portals
@@ -104,7 +105,7 @@ impl TargetSet {
         &self,
         t: &TargetConfig,
         data_dir: &Path,
-        engine: EngineChoice,
+        engine: EngineConfig,
     ) -> Result<(), TargetSetupError> {
         let scsi = Arc::new(ScsiTarget::new(&t.name));
         for l in &t.luns {
@@ -188,7 +189,7 @@ fn build_lun(
     target: &str,
     l: &LunConfigFile,
     data_dir: &Path,
-    engine: EngineChoice,
+    engine: EngineConfig,
 ) -> Result<LogicalUnit, TargetSetupError> {
     let size = parse_size(&l.size).map_err(TargetSetupError::Config)?;
     let path = match &l.path {
