@@ -516,3 +516,46 @@ async fn redis_restart_resubscribes_and_reloads() {
     drop(w);
     d.stop().await;
 }
+
+/// `daemon::run` with a store refreshes this node's heartbeat while it runs
+/// (so `locus cluster status` sees real liveness) and records the node down
+/// when it shuts down cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_beats_while_it_runs_and_records_down_at_shutdown() {
+    let srv = redis::RedisServer::start();
+    let admin = blockmap::store::open(&srv.url).await.expect("admin store");
+    add_node(&*admin, "hb-node", 7900).await;
+    let id = NodeId::new("hb-node").expect("node id");
+    let before = ops::get_node(&*admin, &id).await.expect("node");
+    assert_eq!(
+        before.last_heartbeat, None,
+        "no heartbeat before locusd runs"
+    );
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = Config::default();
+    cfg.targets[0].luns[0].size = "16M".into();
+    cfg.data_dir = dir.path().to_owned();
+    cfg.metadata = Some(srv.url.clone());
+    cfg.node = Some("hb-node".into());
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let (tx, rx) = watch::channel(false);
+    let daemon = tokio::spawn(iscsi_target::daemon::run(cfg, vec![listener], rx));
+
+    let mut beat = None;
+    for _ in 0..500 {
+        let n = ops::get_node(&*admin, &id).await.expect("node");
+        if n.last_heartbeat.is_some() {
+            beat = Some(n);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let beat = beat.expect("a heartbeat within 10 s of start");
+    assert_eq!(beat.state, blockmap::node::NodeState::Up);
+
+    tx.send(true).expect("shutdown");
+    daemon.await.expect("daemon task").expect("daemon ran");
+    let after = ops::get_node(&*admin, &id).await.expect("node");
+    assert_eq!(after.state, blockmap::node::NodeState::Down, "{after:?}");
+}

@@ -182,7 +182,14 @@ impl StoreSync {
         self
     }
 
-    fn store(&self) -> Arc<dyn MetadataStore> {
+    /// This node's id.
+    pub fn node(&self) -> &NodeId {
+        &self.node
+    }
+
+    /// The current store handle (replaced after a failure when the sync
+    /// reopens the store).
+    pub fn store(&self) -> Arc<dyn MetadataStore> {
         self.store.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 

@@ -10,6 +10,7 @@
 //! this shell.
 
 pub mod config;
+pub mod heartbeat;
 pub mod imagelun;
 pub mod metadata;
 pub mod targets;
@@ -86,17 +87,18 @@ pub async fn run(
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), DaemonError> {
     let targets = build_targets(&cfg, &listeners)?;
-    let mut store_task = None;
+    let mut store_tasks = Vec::new();
     if let Some(url) = &cfg.metadata {
         let node = cfg.node.clone().unwrap_or_else(metadata::default_node_id);
-        let (_, task) = metadata::start(url, &node, targets.clone(), &cfg, shutdown.clone())
+        let (sync, task) = metadata::start(url, &node, targets.clone(), &cfg, shutdown.clone())
             .await
             .map_err(|source| DaemonError::Store {
                 url: url.clone(),
                 source,
             })?;
         tracing::info!(node = %node, "serving the targets of the metadata store too");
-        store_task = Some(task);
+        store_tasks.push(task);
+        store_tasks.push(tokio::spawn(heartbeat::run(sync, shutdown.clone())));
     }
     for l in &listeners {
         if let Ok(addr) = l.local_addr() {
@@ -110,8 +112,10 @@ pub async fn run(
         );
     }
     serve(&cfg, targets, listeners, shutdown).await;
-    if let Some(task) = store_task {
-        task.abort();
+    // The feed loop and the heartbeat end on the same shutdown signal; the
+    // heartbeat records the node as down on its way out.
+    for task in store_tasks {
+        let _ = task.await;
     }
     Ok(())
 }
