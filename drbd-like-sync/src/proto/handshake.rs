@@ -83,7 +83,9 @@ pub enum Step {
     Done {
         /// The last handshake message to send.
         send: Option<Message>,
-        /// The peer's node id, proven by its HMAC.
+        /// The peer's node id, bound into its HMAC. Proving the secret
+        /// proves cluster membership only: the caller checks that this is
+        /// the node it meant to reach (client) or one it serves (server).
         peer: NodeId,
     },
     /// Send `send` if any (a `Fatal` frame), then close the connection.

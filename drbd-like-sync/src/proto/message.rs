@@ -245,7 +245,8 @@ impl ErrorReply {
     }
 }
 
-/// A frame of an opcode this build does not know.
+/// A frame of an opcode this build does not know. Built by the decoder;
+/// one built by hand with a known opcode would decode as that opcode.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UnknownFrame {
     /// Its opcode.
