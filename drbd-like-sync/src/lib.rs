@@ -4,8 +4,11 @@
 //!   (io_uring, thread pool, memory), used by both roles of a node: the
 //!   target role for its LUNs and local copies, the storage role for the
 //!   copies it serves to peers.
+//! - [`proto`]: the replication wire codec and the sans-IO handshake
+//!   machines (HMAC-SHA-256 over the cluster secret, both ways).
 //!
 //! Mirroring, out-of-sync tracking and resync are built on these; this
 //! crate knows nothing about iSCSI or SCSI.
 
+pub mod proto;
 pub mod storage;
