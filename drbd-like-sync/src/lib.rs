@@ -6,9 +6,13 @@
 //!   copies it serves to peers.
 //! - [`proto`]: the replication wire codec and the sans-IO handshake
 //!   machines (HMAC-SHA-256 over the cluster secret, both ways).
+//! - [`node`]: the storage role: serves this node's copies to peers, each
+//!   operation checked against the copy's writer generation; and the client
+//!   that reaches it.
 //!
 //! Mirroring, out-of-sync tracking and resync are built on these; this
 //! crate knows nothing about iSCSI or SCSI.
 
+pub mod node;
 pub mod proto;
 pub mod storage;
