@@ -459,6 +459,7 @@ fn reconciliation_marks_unreachable_copies_and_the_old_writers_own() {
         extent: ExtentIndex(e),
         range: ByteRange::new(e * MIB4, MIB4),
         in_sync: copies.iter().map(|s| n(s)).collect(),
+        partly_in_sync: vec![],
     };
     let reachable: BTreeSet<NodeId> = [n("old"), n("b"), n("c")].into();
     let p = plan(

@@ -272,6 +272,20 @@ impl ActivityLog {
                 x.last_used = self.clock;
             }
         }
+        // A pending extent whose transaction failed is queued again.
+        for e in &touched {
+            let pending = self
+                .extents
+                .get(e)
+                .is_some_and(|x| x.state == ExtState::Pending);
+            let sent = self
+                .in_flight_txn
+                .as_ref()
+                .is_some_and(|t| t.hot.contains(e));
+            if pending && !sent {
+                self.queued_hot.insert(*e);
+            }
+        }
         if self.ready(range) {
             return Ok(Begin::Go);
         }
@@ -331,21 +345,15 @@ impl ActivityLog {
         Ok(self.issue())
     }
 
-    /// Transaction `id` failed: it may or may not have happened. Its hot
-    /// extents stay pending for the next transaction; the writes held on
-    /// them should fail (call `end_write` for each). Cools are forgotten:
+    /// Transaction `id` failed: it may or may not have happened. The writes
+    /// held on its hot extents should fail (call `end_write` for each); it
+    /// returns the next transaction, for extents other writes queued
+    /// meanwhile. Cools are forgotten:
     /// the store holding more hot extents than needed is safe.
     pub fn txn_failed(&mut self, id: u64) -> Result<Option<AlTxn>, AlError> {
-        let txn = self.take_txn(id)?;
-        for e in txn.hot {
-            if self
-                .extents
-                .get(&e)
-                .is_some_and(|x| x.state == ExtState::Pending)
-            {
-                self.queued_hot.insert(e);
-            }
-        }
+        // Not retried here: the held writes fail, and a later begin_write on
+        // one of these extents queues it again.
+        self.take_txn(id)?;
         self.drop_idle_pending();
         Ok(self.issue())
     }

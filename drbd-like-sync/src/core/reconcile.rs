@@ -7,7 +7,8 @@
 //! copy is the source and the other reachable in-sync copies are
 //! destinations; every unreachable in-sync copy, and the old writer's own
 //! copy (a zombie may still write to its local disk around the fence), is
-//! marked dirty for the extent instead. An in-flight write of the old writer
+//! marked dirty for the extent instead. A copy in sync for only part of the
+//! extent is treated the same way, but is never a source. An in-flight write of the old writer
 //! may have landed on some copies and not others; after the plan the copies
 //! that stay in sync hold the same bytes.
 //!
@@ -37,6 +38,10 @@ pub struct ExtentCopies {
     pub range: ByteRange,
     /// Copies in sync for the whole extent, in the order preferred as source.
     pub in_sync: Vec<NodeId>,
+    /// Copies in sync for only part of the extent. The old writer may have
+    /// written their clean part, so they are destinations (or marked), but
+    /// never a source.
+    pub partly_in_sync: Vec<NodeId>,
 }
 
 /// How a destination is brought level with the source.
@@ -140,14 +145,19 @@ pub fn plan(
             .iter()
             .cloned()
             .partition(|n| reachable.contains(n) && Some(n) != distrust);
+        let (partly_good, partly_marks): (Vec<NodeId>, Vec<NodeId>) = x
+            .partly_in_sync
+            .iter()
+            .cloned()
+            .partition(|n| reachable.contains(n) && Some(n) != distrust);
         let mut good = good.into_iter();
         let source = good.next().ok_or(ReconcileError::NoSource(x.extent))?;
         out.push(ExtentPlan {
             extent: x.extent,
             range: x.range,
             source,
-            dests: good.collect(),
-            marks,
+            dests: good.chain(partly_good).collect(),
+            marks: marks.into_iter().chain(partly_marks).collect(),
         });
     }
     Ok(out)
