@@ -17,6 +17,7 @@ use drbd_like_sync::core::write::{
 };
 use drbd_like_sync::core::{ByteRange, ExtentIndex, Generation, Millis};
 use proptest::prelude::*;
+use proptest::test_runner::FileFailurePersistence;
 
 fn n(s: &str) -> NodeId {
     NodeId::new(s).unwrap_or_else(|e| panic!("{e}"))
@@ -173,6 +174,12 @@ fn flush_follows_the_same_rule() {
 }
 
 proptest! {
+    #![proptest_config(ProptestConfig {
+        failure_persistence: Some(Box::new(FileFailurePersistence::Direct(
+            "proptest-regressions/core_rules.txt",
+        ))),
+        ..ProptestConfig::default()
+    })]
     /// Random plans and random outcomes, in random order: the tracker says
     /// GOOD exactly when the rule of invariant 1 holds, and never otherwise.
     #[test]
@@ -410,6 +417,12 @@ fn steady_state_working_set_costs_no_store_round_trips() {
 }
 
 proptest! {
+    #![proptest_config(ProptestConfig {
+        failure_persistence: Some(Box::new(FileFailurePersistence::Direct(
+            "proptest-regressions/core_rules.txt",
+        ))),
+        ..ProptestConfig::default()
+    })]
     /// Random begin/end/persist schedules against a model store: the store's
     /// hot set always covers every extent of every write that was let go.
     #[test]
