@@ -712,7 +712,14 @@ impl Sim {
         }
     }
 
+    /// Runs a schedule, then delivers everything left and checks every block.
     pub fn run(&mut self, ops: &[Op]) {
+        self.step_ops(ops);
+        self.finish();
+    }
+
+    /// Runs a schedule, leaving messages in flight.
+    pub fn step_ops(&mut self, ops: &[Op]) {
         for op in ops {
             let cur = self.current().unwrap_or(0);
             match *op {
@@ -764,7 +771,10 @@ impl Sim {
                 Op::Read(b) => self.check_block(b.into()),
             }
         }
-        // Late and zombie messages all arrive in the end.
+    }
+
+    /// Late and zombie messages all arrive; then every block is checked.
+    pub fn finish(&mut self) {
         // Newest first, so that old links (a zombie's) are drained last.
         while let Some(last) = self.net.len().checked_sub(1) {
             self.deliver(last);

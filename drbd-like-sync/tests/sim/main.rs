@@ -98,3 +98,27 @@ fn zombie_write_is_fenced_after_takeover() {
     );
     assert!(sim.store.is_dirty(0, 0), "the old writer's copy is marked");
 }
+
+/// A renewal whose reply is slow: the deadline counts from when the request
+/// was sent, so the writer stops before the store lets the next one in, and
+/// never acknowledges after the takeover.
+#[test]
+fn slow_renewal_reply_does_not_extend_the_deadline() {
+    let mut sim = Sim::new();
+    // t=1000: the renewal goes out (the store applies it now); then the
+    // writer is cut from the store and the reply takes 700 ms.
+    sim.step_ops(&[Op::Advance(1000), Op::CutStore, Op::Advance(700)]);
+    assert_eq!(sim.net.len(), 1, "only the renewal reply is in flight");
+    sim.step_ops(&[Op::Deliver(0), Op::Advance(2300), Op::Takeover]);
+    assert!(sim.serving(1), "the store let the next writer in at t=4000");
+    // The old writer must not serve now; had it counted from the reply
+    // (t=1700), it would until t=4200. (Its writes would still be fenced or
+    // fail their marks: the deadline is the first of two lines of defence.)
+    assert!(
+        !sim.serving(0),
+        "the old writer still serves after the takeover"
+    );
+    sim.write(0, 0, 1);
+    sim.run(&[Op::DeliverAll]);
+    assert_eq!(sim.goods, 0);
+}
