@@ -1,5 +1,9 @@
 //! The storage side of Locus, below the iSCSI target.
 //!
+//! - [`core`]: the sans-IO replication core (write plan and ack rule,
+//!   read-copy choice, write lease, generation fencing, activity log,
+//!   reconciliation). It takes events and returns effects; the shells do
+//!   the I/O. Tested in simulation (`tests/sim`).
 //! - [`storage`]: the [`storage::BlockBackend`] trait and its engines
 //!   (io_uring, thread pool, memory), used by both roles of a node: the
 //!   target role for its LUNs and local copies, the storage role for the
@@ -13,6 +17,7 @@
 //! Mirroring, out-of-sync tracking and resync are built on these; this
 //! crate knows nothing about iSCSI or SCSI.
 
+pub mod core;
 pub mod node;
 pub mod proto;
 pub mod storage;

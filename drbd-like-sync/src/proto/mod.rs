@@ -141,11 +141,11 @@ impl Default for Limits {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RequestId(pub u64);
 
-/// The writer's fencing token: the image generation its lease got
-/// (DESIGN.md invariant 4). Storage nodes refuse requests carrying a
-/// generation older than one they have seen, with `Fenced`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Generation(pub u64);
+/// The writer's fencing token, as every request carries it: the core's
+/// [`Generation`](crate::core::Generation), one type on both sides. Storage
+/// nodes refuse requests carrying a generation older than one they have
+/// seen, with `Fenced`.
+pub use crate::core::Generation;
 
 /// 32 random bytes that one side contributes to the handshake. The caller
 /// draws them from a CSPRNG; the codec never makes randomness itself, so
