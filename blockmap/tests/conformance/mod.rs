@@ -131,9 +131,22 @@ pub async fn placement_walkthrough(s: Store) {
         Some(stored.clone()),
         "refusal changed nothing"
     );
-    ops::set_sync_state(s, &name, &n("b"), None, None, SyncState::InSync)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    // Straight to in-sync is refused: a stale copy goes through syncing.
+    match ops::set_sync_state(s, &name, &n("b"), None, None, SyncState::InSync).await {
+        Err(e @ Error::SyncTransition { .. }) => {
+            assert_eq!(e.kind(), ErrorKind::Refused);
+            let msg = e.to_string();
+            for part in ["'b'", "out-of-sync", "in-sync", "blocks 0-255"] {
+                assert!(msg.contains(part), "{msg} lacks {part}");
+            }
+        }
+        other => panic!("expected a refused transition, got {other:?}"),
+    }
+    for st in [SyncState::Syncing, SyncState::InSync] {
+        ops::set_sync_state(s, &name, &n("b"), None, None, st)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
     ops::remove_location(s, &name, &n("a"), None, None)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
@@ -314,7 +327,7 @@ pub async fn racing_writers_lose_nothing(s1: Store, s2: Store, rounds: u64) {
                     &n("b"),
                     Some(b),
                     Some(b + 1),
-                    SyncState::Syncing,
+                    SyncState::OutOfSync,
                 )
                 .await
                 .unwrap_or_else(|e| panic!("{e}"));
@@ -334,7 +347,7 @@ pub async fn racing_writers_lose_nothing(s1: Store, s2: Store, rounds: u64) {
     for b in (0..rounds).chain(100..100 + rounds) {
         assert_eq!(
             r.block_state(BlockIndex(b), &n("b")),
-            Some(SyncState::Syncing),
+            Some(SyncState::OutOfSync),
             "block {b} lost its update"
         );
     }
