@@ -70,6 +70,36 @@ async fn change_feed_delivers() {
 }
 
 #[tokio::test]
+async fn dirty_marks() {
+    let srv = RedisServer::start();
+    conformance::dirty_marks(store(&srv).await, store(&srv).await).await;
+}
+
+#[tokio::test]
+async fn stale_generation_is_fenced() {
+    let srv = RedisServer::start();
+    conformance::stale_generation_is_fenced(store(&srv).await, store(&srv).await).await;
+}
+
+#[tokio::test]
+async fn lease_lifecycle() {
+    let srv = RedisServer::start();
+    conformance::lease_lifecycle(store(&srv).await, store(&srv).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_acquire_one_wins() {
+    let srv = RedisServer::start();
+    conformance::racing_acquire_one_wins(store(&srv).await, store(&srv).await, 20).await;
+}
+
+#[tokio::test]
+async fn activity_log_takeover() {
+    let srv = RedisServer::start();
+    conformance::activity_log_takeover(store(&srv).await, store(&srv).await).await;
+}
+
+#[tokio::test]
 async fn redis_down_is_a_clear_error() {
     let port = {
         let srv = RedisServer::start_with_password("unused-password");
