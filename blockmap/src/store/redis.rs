@@ -182,13 +182,22 @@ impl RedisStore {
             .await
             .map_err(unavailable)?;
         let tx_con = connect().await.map_err(unavailable)?;
+        let scripts = Scripts::new();
+        // Load the writer scripts now, so that their first use is one round
+        // trip too (after a server restart EVALSHA falls back to EVAL once).
+        for sc in [&scripts.mark, &scripts.acquire, &scripts.lease, &scripts.al] {
+            sc.prepare_invoke()
+                .load_async(&mut con)
+                .await
+                .map_err(unavailable)?;
+        }
         Ok(Self {
             client,
             con,
             tx_con: tokio::sync::Mutex::new(tx_con),
             masked,
             bytes_written: AtomicU64::new(0),
-            scripts: Scripts::new(),
+            scripts,
         })
     }
 
