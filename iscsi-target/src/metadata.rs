@@ -264,7 +264,7 @@ impl StoreSync {
                 }
                 self.collect_units(&mut st);
             }
-            Change::Doc { .. } => {}
+            Change::Doc { .. } | Change::Dirty { .. } | Change::Lease { .. } => {}
         }
         Ok(())
     }
