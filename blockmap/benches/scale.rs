@@ -190,8 +190,8 @@ fn main() {
                 &store,
                 &name,
                 &n("b"),
-                Some(5),
-                Some(6),
+                Some(257),
+                Some(258),
                 st,
             ))
         })

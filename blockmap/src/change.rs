@@ -42,6 +42,34 @@ pub enum Change {
         /// The image name.
         name: String,
     },
+    /// Dirty bits of one location were set or cleared (`mark_dirty` /
+    /// `clear_dirty`). The image is now at `version`: a cache at
+    /// `version - 1` applies `bits` to `node`'s bitmap; any other reloads.
+    Dirty {
+        /// The image name.
+        name: String,
+        /// The location whose bitmap changed.
+        node: String,
+        /// `true`: the bits were set; `false`: cleared.
+        dirty: bool,
+        /// Bit ranges `[first, last)` at the image's granularity.
+        bits: Vec<(u64, u64)>,
+        /// The image's new version (serialized last: the Redis script
+        /// appends it).
+        version: u64,
+    },
+    /// The write lease was acquired (`holder` is set; the generation rose
+    /// and the image is now at `version`) or released (`holder` is `None`).
+    Lease {
+        /// The image name.
+        name: String,
+        /// The new holder, or `None` once released.
+        holder: Option<String>,
+        /// The lease's generation.
+        generation: u64,
+        /// The image's version after the change.
+        version: u64,
+    },
     /// A node, target or statistics document changed or was deleted.
     Doc {
         /// Which kind.

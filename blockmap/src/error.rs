@@ -2,7 +2,8 @@
 //! has its own variant; [`Error::kind`] maps it to a stable [`ErrorKind`] that
 //! the admin CLI turns into an exit code.
 
-use crate::types::{BlockRange, ImageName, NodeId};
+use crate::placement::SyncState;
+use crate::types::{BlockRange, ImageName, NodeId, UnixMillis};
 use std::path::PathBuf;
 
 /// Stable classification of [`Error`]s. Scripts rely on these through the CLI's
@@ -16,7 +17,8 @@ pub enum ErrorKind {
     NotFound,
     /// The object already exists, or the request conflicts with current state.
     Conflict,
-    /// The request would break a placement invariant (DESIGN.md invariant 7).
+    /// The request would break a placement invariant (invariant 7,
+    /// ARCHITECTURE.md) or a checked sync-state transition.
     Refused,
     /// The metadata store cannot be reached, is busy, or rejected our credentials.
     Unavailable,
@@ -118,6 +120,95 @@ pub enum Error {
         /// The blocks that would lose their last in-sync copy.
         ranges: RangeList,
     },
+    /// A coarse sync-state change the state machine refuses (see
+    /// [`SyncState::transition`]).
+    #[error(
+        "refused: node '{node}' of image '{image}' cannot go from {from} to {to} for blocks {ranges}; {hint}"
+    )]
+    SyncTransition {
+        /// The image.
+        image: ImageName,
+        /// The location.
+        node: NodeId,
+        /// The blocks whose copy is in state `from`.
+        ranges: RangeList,
+        /// Their current state.
+        from: SyncState,
+        /// The state asked for.
+        to: SyncState,
+        /// What to do instead.
+        hint: &'static str,
+    },
+    /// Syncing → in-sync while dirty bits of those blocks are still set.
+    #[error(
+        "refused: node '{node}' of image '{image}' still has {bits} dirty region(s) in blocks {ranges}; \
+         resync must copy them and clear their bits (clear_dirty) before the copy is in sync"
+    )]
+    DirtyBitsSet {
+        /// The image.
+        image: ImageName,
+        /// The location.
+        node: NodeId,
+        /// The blocks with dirty bits.
+        ranges: RangeList,
+        /// How many bits are set there.
+        bits: u64,
+    },
+    /// Fencing (invariant 4, ARCHITECTURE.md): the caller's generation is
+    /// not the image's current one; a newer writer took the lease.
+    #[error(
+        "fenced: generation {generation} of image '{image}' is stale (current generation {current}); \
+         another writer took the lease, stop writing"
+    )]
+    Fenced {
+        /// The image.
+        image: ImageName,
+        /// The generation the caller holds.
+        generation: u64,
+        /// The image's current generation.
+        current: u64,
+    },
+    /// The write lease is held by another node and has not expired.
+    #[error(
+        "the write lease of image '{image}' is held by '{holder}' (generation {generation}) until {expires}; \
+         wait for it to expire or release it there"
+    )]
+    LeaseHeld {
+        /// The image.
+        image: ImageName,
+        /// The current holder.
+        holder: NodeId,
+        /// The holder's generation.
+        generation: u64,
+        /// When it expires unless renewed.
+        expires: UnixMillis,
+    },
+    /// Renew or release of a lease the caller does not hold (released, or
+    /// taken over and since released).
+    #[error("node '{holder}' does not hold the write lease of image '{image}' at generation {generation}")]
+    LeaseNotHeld {
+        /// The image.
+        image: ImageName,
+        /// The node that asked.
+        holder: NodeId,
+        /// The generation it asked with.
+        generation: u64,
+    },
+    /// The activity log still belongs to a previous writer: the new writer
+    /// must reconcile its extents and reset the log first (invariant 5,
+    /// ARCHITECTURE.md).
+    #[error(
+        "the activity log of image '{image}' belongs to generation {log_generation}; \
+         writer generation {generation} must reconcile those extents and reset the log (al_reset) first"
+    )]
+    ActivityLogNotTakenOver {
+        /// The image.
+        image: ImageName,
+        /// The caller's generation.
+        generation: u64,
+        /// The generation that wrote the log.
+        log_generation: u64,
+    },
     /// Optimistic concurrency gave up after too many conflicting writers.
     #[error("too many concurrent updates to {0}; retry")]
     Contended(String),
@@ -162,10 +253,16 @@ impl Error {
             | Error::TargetExists(_)
             | Error::LunInUse { .. }
             | Error::AlreadyALocation { .. }
-            | Error::Contended(_) => ErrorKind::Conflict,
-            Error::NodeInUse { .. } | Error::ImageInUse { .. } | Error::LastInSyncCopy { .. } => {
-                ErrorKind::Refused
-            }
+            | Error::Contended(_)
+            | Error::Fenced { .. }
+            | Error::LeaseHeld { .. }
+            | Error::LeaseNotHeld { .. }
+            | Error::ActivityLogNotTakenOver { .. } => ErrorKind::Conflict,
+            Error::NodeInUse { .. }
+            | Error::ImageInUse { .. }
+            | Error::LastInSyncCopy { .. }
+            | Error::SyncTransition { .. }
+            | Error::DirtyBitsSet { .. } => ErrorKind::Refused,
             Error::Unavailable { .. } => ErrorKind::Unavailable,
             Error::CorruptFile { .. } | Error::CorruptRecord { .. } => ErrorKind::Corrupt,
         }

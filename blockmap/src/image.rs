@@ -104,7 +104,7 @@ pub struct Image {
     /// Nodes allowed to serve this image as target.
     pub hypervisors: BTreeSet<NodeId>,
     /// Fencing token: rises each time a new target takes the write lease
-    /// (DESIGN.md invariant 4).
+    /// (invariant 4, ARCHITECTURE.md).
     pub generation: u64,
 }
 

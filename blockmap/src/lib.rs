@@ -7,6 +7,7 @@
 //!   definitions and I/O statistics kept in the store;
 //! - [`store`]: the [`store::MetadataStore`] trait, its Redis and embedded
 //!   backends, and the change feed ([`change`]);
+//! - [`writer`]: the single writer's lease, activity log and dirty marks;
 //! - [`ops`]: validated read-modify-write operations that the CLI and the
 //!   daemons call.
 //!
@@ -24,5 +25,6 @@ pub mod stats;
 pub mod store;
 pub mod target;
 pub mod types;
+pub mod writer;
 
 pub use error::{Error, ErrorKind, Result};

@@ -319,7 +319,10 @@ pub async fn mark_bytes(
     )
 }
 
-/// Takes the write lease: bumps and returns the fencing generation.
+/// Bumps and returns the fencing generation through a record commit (an
+/// administrative fence: every current writer is refused afterwards). A
+/// writer takes the lease with [`MetadataStore::acquire_lease`] instead,
+/// which also bumps the generation.
 pub async fn bump_generation(store: &dyn MetadataStore, name: &ImageName) -> Result<u64> {
     Ok(update_image(store, name, |r| Ok(r.bump_generation()))
         .await?

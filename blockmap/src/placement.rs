@@ -15,6 +15,27 @@ use std::fmt;
 
 /// Coarse sync state of one location's copy of a run of blocks. The fine
 /// state comes from the dirty bitmap (see [`crate::record::ImageRecord::block_state`]).
+///
+/// A checked state machine: [`SyncState::transition`] is the only way a
+/// copy's coarse state changes ([`crate::record::ImageRecord::set_sync_state`]
+/// calls it for every run of the range).
+///
+/// ```text
+///                 resync starts
+///   out-of-sync ----------------> syncing
+///     ^     ^  <----------------    |
+///     |     |  failed/interrupted   | copy done, dirty bits of the
+///     |     |                       | blocks clear (else refused)
+///     |     |                       v
+///     |     `------------------- in-sync
+///     |       a copy failed, or verify found a mismatch
+///     |
+///   (a location added later starts here: invariant 7, ARCHITECTURE.md)
+///
+///   refused: in-sync -> syncing   (mark it out-of-sync first)
+///            out-of-sync -> in-sync (must go through syncing)
+///   a state to itself is allowed and changes nothing (idempotent retries)
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum SyncState {
@@ -26,7 +47,50 @@ pub enum SyncState {
     Syncing,
 }
 
+/// A coarse state change that [`SyncState::transition`] refuses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RefusedTransition {
+    /// The current state.
+    pub from: SyncState,
+    /// The state asked for.
+    pub to: SyncState,
+}
+
+impl RefusedTransition {
+    /// What the caller must do instead, written for an operator.
+    pub fn hint(&self) -> &'static str {
+        match (self.from, self.to) {
+            (SyncState::InSync, SyncState::Syncing) => {
+                "a copy in sync is resynced through its dirty bits; mark it out-of-sync first to copy it whole"
+            }
+            (SyncState::OutOfSync, SyncState::InSync) => {
+                "a stale copy must be resynced: set it syncing, copy the data, then set it in-sync"
+            }
+            _ => "see the SyncState diagram",
+        }
+    }
+}
+
 impl SyncState {
+    /// The one checked transition of a copy's coarse state (see the diagram
+    /// on [`SyncState`]). Returns the new state, or the refused pair.
+    /// Dirty-bit rules (syncing → in-sync needs the blocks' bits clear) are
+    /// checked by [`crate::record::ImageRecord::set_sync_state`], which
+    /// knows the bitmap.
+    pub fn transition(self, to: SyncState) -> Result<SyncState, RefusedTransition> {
+        use SyncState::*;
+        match (self, to) {
+            (a, b) if a == b => Ok(b),
+            (OutOfSync, Syncing)
+            | (Syncing, InSync)
+            | (Syncing, OutOfSync)
+            | (InSync, OutOfSync) => Ok(to),
+            (InSync, Syncing) | (OutOfSync, InSync) => Err(RefusedTransition { from: self, to }),
+            // Every pair is listed above; kept for exhaustiveness.
+            _ => Err(RefusedTransition { from: self, to }),
+        }
+    }
+
     /// One-letter code used in compact encodings.
     pub fn code(self) -> char {
         match self {
@@ -224,6 +288,28 @@ mod tests {
 
     fn n(s: &str) -> NodeId {
         NodeId::new(s).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn transition_table_is_the_diagram() {
+        use SyncState::*;
+        let all = [InSync, OutOfSync, Syncing];
+        let allowed = [
+            (OutOfSync, Syncing),
+            (Syncing, InSync),
+            (Syncing, OutOfSync),
+            (InSync, OutOfSync),
+        ];
+        for from in all {
+            for to in all {
+                let ok = from == to || allowed.contains(&(from, to));
+                assert_eq!(from.transition(to).is_ok(), ok, "{from} -> {to}");
+                if let Err(t) = from.transition(to) {
+                    assert_eq!((t.from, t.to), (from, to));
+                    assert!(t.hint().contains("syncing") || t.hint().contains("out-of-sync"));
+                }
+            }
+        }
     }
 
     #[test]

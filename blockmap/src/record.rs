@@ -1,5 +1,5 @@
 //! [`ImageRecord`]: an image's header, placement and dirty bitmaps, and the
-//! one place where placement invariants (DESIGN.md invariant 7) are enforced:
+//! one place where placement invariants (invariant 7, ARCHITECTURE.md) are enforced:
 //!
 //! - a new image's locations start in sync (every copy is all zeros);
 //! - a location added later starts out of sync;
@@ -16,7 +16,7 @@
 use crate::bitmap::DirtyBitmap;
 use crate::error::{Error, RangeList, Result};
 use crate::image::{Image, ImageSpec};
-use crate::placement::{LocationSet, Placement, Run, SyncState};
+use crate::placement::{LocationSet, Placement, RefusedTransition, Run, SyncState};
 use crate::types::{BlockIndex, BlockRange, NodeId};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -187,8 +187,16 @@ impl ImageRecord {
         Ok(())
     }
 
-    /// Sets the coarse state of `node`'s copies of `range`. Marking them in
-    /// sync also clears their dirty bits: resync calls this when it is done.
+    /// Changes the coarse state of `node`'s copies of `range`, checked by
+    /// [`SyncState::transition`] for every run of the range. All or nothing:
+    /// a refusal names the blocks and both states and changes nothing.
+    ///
+    /// Dirty-bit rule: syncing → in-sync is refused with
+    /// [`Error::DirtyBitsSet`] while any dirty bit of those blocks is set for
+    /// `node`. This call never clears bits: resync clears them as the ranges
+    /// land ([`ImageRecord::set_dirty_bits`], or the store's `clear_dirty`),
+    /// so a foreground write that failed on the copy during the resync keeps
+    /// it out of sync.
     pub fn set_sync_state(
         &mut self,
         node: &NodeId,
@@ -197,21 +205,92 @@ impl ImageRecord {
     ) -> Result<()> {
         self.check_range(range)?;
         self.require_location(range, node)?;
+        let mut refused: Option<(SyncState, Vec<BlockRange>)> = None;
+        let mut dirty_blocks = Vec::new();
+        let mut dirty_bits = 0;
+        for (r, locs) in self.placement.clipped(range) {
+            let from = locs.get(node).copied().unwrap_or(SyncState::OutOfSync);
+            match from.transition(state) {
+                Err(t) => match &mut refused {
+                    Some((f, ranges)) if *f == t.from => push_range(ranges, r),
+                    Some(_) => {}
+                    None => refused = Some((t.from, vec![r])),
+                },
+                Ok(_) if from == SyncState::Syncing && state == SyncState::InSync => {
+                    let bm = self.dirty.get(node);
+                    for b in r.start.0..r.end.0 {
+                        let (f, l) = self.bits_of_block(b);
+                        let c = bm.map_or(0, |bm| bm.count_in(f, l));
+                        if c > 0 {
+                            dirty_bits += c;
+                            push_block(&mut dirty_blocks, b);
+                        }
+                    }
+                }
+                Ok(_) => {}
+            }
+        }
+        if let Some((from, ranges)) = refused {
+            let hint = RefusedTransition { from, to: state }.hint();
+            return Err(Error::SyncTransition {
+                image: self.image.name.clone(),
+                node: node.clone(),
+                ranges: RangeList(ranges),
+                from,
+                to: state,
+                hint,
+            });
+        }
+        if !dirty_blocks.is_empty() {
+            return Err(Error::DirtyBitsSet {
+                image: self.image.name.clone(),
+                node: node.clone(),
+                ranges: RangeList(dirty_blocks),
+                bits: dirty_bits,
+            });
+        }
         self.placement.modify(range, |l| {
             l.insert(node.clone(), state);
         });
-        if state == SyncState::InSync {
-            let bpb = self.image.bits_per_block();
-            if let Some(bm) = self.dirty.get_mut(node) {
-                bm.set_range(range.start.0 * bpb, range.end.0 * bpb, false);
+        Ok(())
+    }
+
+    /// Sets (`dirty = true`) or clears the dirty-bitmap bits of `node` in
+    /// each `[first, last)` of `bits` (bit indexes at the image's
+    /// granularity). Refuses, changing nothing, an empty or reversed range,
+    /// a range past [`Image::bitmap_bits`] ([`Error::Invalid`]) and blocks
+    /// where `node` is not a location ([`Error::NotALocation`]). This is the
+    /// pure model of the stores' `mark_dirty`/`clear_dirty`.
+    pub fn set_dirty_bits(
+        &mut self,
+        node: &NodeId,
+        bits: &[(u64, u64)],
+        dirty: bool,
+    ) -> Result<()> {
+        let total = self.image.bitmap_bits();
+        let bpb = self.image.bits_per_block();
+        for &(first, last) in bits {
+            if first >= last || last > total {
+                return Err(Error::invalid(
+                    "dirty bit range",
+                    format!(
+                        "{first}..{last} is empty or past the end of image '{}' ({total} bits of {})",
+                        self.image.name, self.image.granularity
+                    ),
+                ));
             }
-            self.dirty.retain(|_, b| !b.is_clean());
+            self.require_location(BlockRange::new(first / bpb, (last - 1) / bpb + 1)?, node)?;
         }
+        let bm = self.dirty.entry(node.clone()).or_default();
+        for &(first, last) in bits {
+            bm.set_range(first, last, dirty);
+        }
+        self.dirty.retain(|_, b| !b.is_clean());
         Ok(())
     }
 
     /// Marks (`dirty = true`) or clears the bytes `[offset, offset + len)` of
-    /// `node`'s copy as out of sync in its dirty bitmap (DESIGN.md invariant 1:
+    /// `node`'s copy as out of sync in its dirty bitmap (invariant 1, ARCHITECTURE.md:
     /// a failed mirror write is recorded here before status goes out).
     pub fn mark_bytes(&mut self, node: &NodeId, offset: u64, len: u64, dirty: bool) -> Result<()> {
         let (first, last) = self.image.bits_for_bytes(offset, len)?;

@@ -321,6 +321,38 @@ impl UnixTime {
     }
 }
 
+/// Milliseconds since the Unix epoch (wall clock): lease expiry in the
+/// metadata store. Wall clocks of nodes differ; a lease holder also stops
+/// acknowledging early on its own monotonic clock.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
+)]
+#[serde(transparent)]
+pub struct UnixMillis(pub u64);
+
+impl UnixMillis {
+    /// The current wall-clock time.
+    pub fn now() -> Self {
+        Self(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+        )
+    }
+
+    /// `self + ms`, saturating.
+    pub fn plus(self, ms: u64) -> Self {
+        Self(self.0.saturating_add(ms))
+    }
+}
+
+impl std::fmt::Display for UnixMillis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{:03}s (unix)", self.0 / 1000, self.0 % 1000)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

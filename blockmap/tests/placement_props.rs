@@ -91,12 +91,24 @@ fn apply(m: &mut Model, op: &Op) -> bool {
             if (s..e).any(|b| !m[b as usize].contains_key(&n)) {
                 return false;
             }
+            // The state machine: in-sync -> syncing and out-of-sync ->
+            // in-sync are refused; syncing -> in-sync needs clean bits.
+            for b in s..e {
+                let (from, bits) = &m[b as usize][&n];
+                let refused = matches!(
+                    (*from, st),
+                    (SyncState::InSync, SyncState::Syncing)
+                        | (SyncState::OutOfSync, SyncState::InSync)
+                ) || (*from == SyncState::Syncing
+                    && st == SyncState::InSync
+                    && bits.iter().any(|x| *x));
+                if refused {
+                    return false;
+                }
+            }
             for b in s..e {
                 if let Some(loc) = m[b as usize].get_mut(&n) {
                     loc.0 = st;
-                    if st == SyncState::InSync {
-                        loc.1 = vec![false; bpb];
-                    }
                 }
             }
         }
@@ -175,6 +187,58 @@ proptest! {
                     }
                 }
             }
+        }
+    }
+}
+
+/// The sync-state machine alone: random transition sequences on one
+/// location, with random dirty marks in between, against the diagram.
+fn allowed(from: SyncState, to: SyncState, dirty: bool) -> bool {
+    use SyncState::*;
+    match (from, to) {
+        (Syncing, InSync) => !dirty,
+        (a, b) if a == b => true,
+        (OutOfSync, Syncing) | (Syncing, OutOfSync) | (InSync, OutOfSync) => true,
+        _ => false,
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+    #[test]
+    fn sync_transitions_follow_the_diagram(steps in proptest::collection::vec(
+        (prop_oneof![Just(SyncState::InSync), Just(SyncState::OutOfSync), Just(SyncState::Syncing)],
+         proptest::option::of(any::<bool>())),
+        1..60,
+    )) {
+        let mut spec = ImageSpec::new(
+            ImageName::new("t").unwrap_or_else(|e| panic!("{e}")),
+            ByteSize(4 * BLOCK),
+            vec![node(0)],
+        );
+        spec.block_size = ByteSize(BLOCK);
+        spec.granularity = ByteSize(GRAN);
+        let mut rec = ImageRecord::create(&spec).unwrap_or_else(|e| panic!("{e}"));
+        let all = rec.image.all_blocks();
+        rec.add_location(&node(1), all).unwrap_or_else(|e| panic!("{e}"));
+        let (mut state, mut dirty) = (SyncState::OutOfSync, false);
+        for (to, mark) in steps {
+            if let Some(d) = mark {
+                rec.set_dirty_bits(&node(1), &[(1, 2)], d).unwrap_or_else(|e| panic!("{e}"));
+                dirty = d;
+            }
+            let before = rec.clone();
+            let ok = rec.set_sync_state(&node(1), all, to).is_ok();
+            prop_assert_eq!(ok, allowed(state, to, dirty), "{} -> {} (dirty {})", state, to, dirty);
+            if ok {
+                state = to;
+            } else {
+                prop_assert_eq!(&rec, &before);
+            }
+            let coarse = rec.placement.locations_of(BlockIndex(0)).and_then(|l| l.get(&node(1))).copied();
+            prop_assert_eq!(coarse, Some(state));
+            let derived = if state == SyncState::InSync && dirty { SyncState::OutOfSync } else { state };
+            prop_assert_eq!(rec.block_state(BlockIndex(0), &node(1)), Some(derived));
         }
     }
 }

@@ -64,6 +64,36 @@ async fn change_feed_delivers() {
 }
 
 #[tokio::test]
+async fn dirty_marks() {
+    let d = tmp();
+    conformance::dirty_marks(open(&d), open(&d)).await;
+}
+
+#[tokio::test]
+async fn stale_generation_is_fenced() {
+    let d = tmp();
+    conformance::stale_generation_is_fenced(open(&d), open(&d)).await;
+}
+
+#[tokio::test]
+async fn lease_lifecycle() {
+    let d = tmp();
+    conformance::lease_lifecycle(open(&d), open(&d)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_acquire_one_wins() {
+    let d = tmp();
+    conformance::racing_acquire_one_wins(open(&d), open(&d), 20).await;
+}
+
+#[tokio::test]
+async fn activity_log_takeover() {
+    let d = tmp();
+    conformance::activity_log_takeover(open(&d), open(&d)).await;
+}
+
+#[tokio::test]
 async fn corrupt_file_is_named() {
     let d = tmp();
     let path = d.path().join("metadata.redb");

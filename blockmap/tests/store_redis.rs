@@ -70,6 +70,36 @@ async fn change_feed_delivers() {
 }
 
 #[tokio::test]
+async fn dirty_marks() {
+    let srv = RedisServer::start();
+    conformance::dirty_marks(store(&srv).await, store(&srv).await).await;
+}
+
+#[tokio::test]
+async fn stale_generation_is_fenced() {
+    let srv = RedisServer::start();
+    conformance::stale_generation_is_fenced(store(&srv).await, store(&srv).await).await;
+}
+
+#[tokio::test]
+async fn lease_lifecycle() {
+    let srv = RedisServer::start();
+    conformance::lease_lifecycle(store(&srv).await, store(&srv).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_acquire_one_wins() {
+    let srv = RedisServer::start();
+    conformance::racing_acquire_one_wins(store(&srv).await, store(&srv).await, 20).await;
+}
+
+#[tokio::test]
+async fn activity_log_takeover() {
+    let srv = RedisServer::start();
+    conformance::activity_log_takeover(store(&srv).await, store(&srv).await).await;
+}
+
+#[tokio::test]
 async fn redis_down_is_a_clear_error() {
     let port = {
         let srv = RedisServer::start_with_password("unused-password");
@@ -166,4 +196,123 @@ async fn terabyte_image_is_small_and_changes_are_o1() {
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(keys.is_empty(), "{keys:?}");
+}
+
+/// A `MONITOR` connection: lists the commands clients send, without the
+/// ones scripts run inside the server (`[0 lua]`).
+struct Monitor(std::io::BufReader<std::net::TcpStream>);
+
+impl Monitor {
+    fn start(port: u16) -> Self {
+        use std::io::{BufRead, Write};
+        let mut s =
+            std::net::TcpStream::connect(("127.0.0.1", port)).unwrap_or_else(|e| panic!("{e}"));
+        s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .ok();
+        s.write_all(b"MONITOR\r\n")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut r = std::io::BufReader::new(s);
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap_or_else(|e| panic!("{e}"));
+        assert!(line.starts_with("+OK"), "{line}");
+        Self(r)
+    }
+
+    /// Client commands seen until `ECHO marker` (sent after the operation).
+    fn client_commands_until(&mut self, marker: &str) -> Vec<String> {
+        use std::io::BufRead;
+        let mut out = Vec::new();
+        loop {
+            let mut line = String::new();
+            self.0
+                .read_line(&mut line)
+                .unwrap_or_else(|e| panic!("monitor: {e}"));
+            if line.contains(marker) {
+                return out;
+            }
+            if !line.contains("lua]") {
+                out.push(line.trim().to_string());
+            }
+        }
+    }
+}
+
+/// Asserts that exactly one client command (an EVALSHA) reached the server
+/// since the last check.
+async fn check(what: &str, mon: &mut Monitor, con: &mut redis::aio::MultiplexedConnection) {
+    let marker = format!("marker-{what}");
+    redis::cmd("ECHO")
+        .arg(&marker)
+        .query_async::<String>(con)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let cmds = mon.client_commands_until(&marker);
+    assert_eq!(cmds.len(), 1, "{what} sent {cmds:#?}");
+    assert!(
+        cmds[0].to_lowercase().contains("\"evalsha\""),
+        "{what}: {}",
+        cmds[0]
+    );
+}
+
+/// Invariant 1 on the hot path: a dirty mark (and an activity-log add, and
+/// a renewal) is one command on the wire — one EVALSHA, one round trip —
+/// whatever the bitmap holds.
+#[tokio::test]
+async fn writer_primitives_are_one_round_trip() {
+    let srv = RedisServer::start();
+    if srv.port == 0 {
+        return; // an external server: MONITOR may see other clients
+    }
+    let s = connect(&srv).await;
+    conformance::add_nodes(&*s, &["a", "b"]).await;
+    let name = img("rt");
+    ops::create_image(
+        &*s,
+        &ImageSpec::new(name.clone(), ByteSize::tib(1), vec![n("a"), n("b")]),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let now = blockmap::types::UnixMillis(1);
+    let lease = s
+        .acquire_lease(&name, &n("a"), 1000, now)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let g = lease.generation;
+    s.al_reset(&name, g, ByteSize::mib(4), &[])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    // Scripts are loaded at connect: even the first use is one command.
+    s.mark_dirty(&name, &n("b"), g, &[(0, 1)])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let client = redis::Client::open(srv.url.as_str()).unwrap_or_else(|e| panic!("{e}"));
+    let mut con = client
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut mon = Monitor::start(srv.port);
+    s.mark_dirty(
+        &name,
+        &n("b"),
+        g,
+        &[(5 << 21, (5 << 21) + 3), (1 << 10, 1 << 12)],
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    check("mark_dirty", &mut mon, &mut con).await;
+    s.clear_dirty(&name, &n("b"), g, &[(0, 1)])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    check("clear_dirty", &mut mon, &mut con).await;
+    s.al_add(&name, g, &[1, 2])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    check("al_add", &mut mon, &mut con).await;
+    s.renew_lease(&name, &n("a"), g, 1000, now)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    check("renew_lease", &mut mon, &mut con).await;
+    let r = s.load_image(&name).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.dirty.get(&n("b")).map(|b| b.count()), Some(3 + 3072));
 }

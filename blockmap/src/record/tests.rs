@@ -1,4 +1,4 @@
-//! Invariant tests for [`super::ImageRecord`] (DESIGN.md invariant 7).
+//! Invariant tests for [`super::ImageRecord`] (invariant 7, ARCHITECTURE.md).
 
 use super::*;
 use crate::error::ErrorKind;
@@ -63,6 +63,7 @@ fn new_location_starts_out_of_sync() -> Result<()> {
 fn removing_last_in_sync_copy_is_refused_with_ranges() -> Result<()> {
     let mut r = rec(ByteSize::gib(1), &["a"]);
     r.add_location(&n("b"), r.image.all_blocks())?;
+    r.set_sync_state(&n("b"), BlockRange::new(0, 100)?, SyncState::Syncing)?;
     r.set_sync_state(&n("b"), BlockRange::new(0, 100)?, SyncState::InSync)?;
     let before = r.clone();
     let err = r.remove_location(&n("a"), r.image.all_blocks());
@@ -99,7 +100,10 @@ fn dirty_bits_make_a_block_out_of_sync() -> Result<()> {
         e.err().map(|e| e.to_string().contains("blocks 2;")),
         Some(true)
     );
+    // Marking it in sync does not clear bits; resync clears them.
     r.set_sync_state(&n("b"), BlockRange::new(2, 3)?, SyncState::InSync)?;
+    assert!(!r.dirty.is_empty());
+    r.mark_bytes(&n("b"), 10 << 20, 1 << 20, false)?;
     assert!(r.dirty.is_empty());
     r.remove_location(&n("a"), BlockRange::new(0, 4)?)?;
     Ok(())
@@ -122,7 +126,7 @@ fn one_block_change_diff_is_small() -> Result<()> {
     let mut r = rec(ByteSize::tib(1), &["a", "b", "c"]);
     assert_eq!(r.image.block_count(), 262_144);
     let old = r.clone();
-    r.set_sync_state(&n("b"), BlockRange::new(1000, 1001)?, SyncState::Syncing)?;
+    r.set_sync_state(&n("b"), BlockRange::new(1000, 1001)?, SyncState::OutOfSync)?;
     let d = r.diff(&old);
     assert!(d.header.is_none());
     assert_eq!(d.runs_set.len(), 3, "{d:?}");
@@ -134,5 +138,95 @@ fn one_block_change_diff_is_small() -> Result<()> {
         BitmapChange::Spans(s) => assert_eq!(s.iter().map(|(_, b)| b.len()).sum::<usize>(), 1),
         BitmapChange::Delete => panic!("expected spans"),
     }
+    Ok(())
+}
+
+#[test]
+fn refused_transitions_name_node_blocks_and_states() -> Result<()> {
+    let mut r = rec(ByteSize::gib(1), &["a"]);
+    r.add_location(&n("b"), BlockRange::new(10, 20)?)?;
+    let before = r.clone();
+    // b: blocks 10-19 out of sync; a: in sync.
+    match r.set_sync_state(&n("b"), BlockRange::new(10, 20)?, SyncState::InSync) {
+        Err(e @ Error::SyncTransition { .. }) => {
+            assert_eq!(e.kind(), ErrorKind::Refused);
+            let m = e.to_string();
+            for part in [
+                "'b'",
+                "'img'",
+                "from out-of-sync to in-sync",
+                "blocks 10-19",
+            ] {
+                assert!(m.contains(part), "{m} lacks {part}");
+            }
+        }
+        other => panic!("expected refusal, got {other:?}"),
+    }
+    match r.set_sync_state(&n("a"), BlockRange::new(0, 5)?, SyncState::Syncing) {
+        Err(e @ Error::SyncTransition { .. }) => {
+            assert!(
+                e.to_string()
+                    .contains("from in-sync to syncing for blocks 0-4"),
+                "{e}"
+            )
+        }
+        other => panic!("expected refusal, got {other:?}"),
+    }
+    assert_eq!(r, before, "refusals change nothing");
+    Ok(())
+}
+
+#[test]
+fn syncing_to_in_sync_needs_clean_bits() -> Result<()> {
+    let mut r = rec(ByteSize::gib(1), &["a"]);
+    r.add_location(&n("b"), r.image.all_blocks())?;
+    r.set_sync_state(&n("b"), BlockRange::new(0, 8)?, SyncState::Syncing)?;
+    // A foreground write failed on b during the resync: block 3 is dirty.
+    r.mark_bytes(&n("b"), 3 << 22, 4096, true)?;
+    let before = r.clone();
+    match r.set_sync_state(&n("b"), BlockRange::new(0, 8)?, SyncState::InSync) {
+        Err(e @ Error::DirtyBitsSet { .. }) => {
+            assert_eq!(e.kind(), ErrorKind::Refused);
+            assert!(
+                e.to_string().contains("1 dirty region(s) in blocks 3"),
+                "{e}"
+            );
+        }
+        other => panic!("expected refusal, got {other:?}"),
+    }
+    assert_eq!(r, before);
+    // Resync copies the range and clears its bits; then it may finish.
+    r.set_dirty_bits(&n("b"), &[(3 * 64, 4 * 64)], false)?;
+    r.set_sync_state(&n("b"), BlockRange::new(0, 8)?, SyncState::InSync)?;
+    assert_eq!(
+        r.block_state(BlockIndex(3), &n("b")),
+        Some(SyncState::InSync)
+    );
+    // Idempotent: in-sync to in-sync is allowed.
+    r.set_sync_state(&n("b"), BlockRange::new(0, 8)?, SyncState::InSync)?;
+    Ok(())
+}
+
+#[test]
+fn dirty_bit_ranges_are_checked() -> Result<()> {
+    let mut r = rec(ByteSize::mib(40), &["a"]);
+    let total = r.image.bitmap_bits();
+    assert_eq!(total, 640);
+    let before = r.clone();
+    for bad in [(5, 5), (6, 5), (0, total + 1)] {
+        let e = r.set_dirty_bits(&n("a"), &[(0, 1), bad], true);
+        assert_eq!(
+            e.err().map(|e| e.kind()),
+            Some(ErrorKind::Invalid),
+            "{bad:?}"
+        );
+    }
+    let e = r.set_dirty_bits(&n("z"), &[(0, 1)], true);
+    assert_eq!(e.err().map(|e| e.kind()), Some(ErrorKind::NotFound));
+    assert_eq!(r, before);
+    r.set_dirty_bits(&n("a"), &[(0, 3), (100, 164), (total - 1, total)], true)?;
+    assert_eq!(r.dirty.get(&n("a")).map(|b| b.count()), Some(3 + 64 + 1));
+    r.set_dirty_bits(&n("a"), &[(0, total)], false)?;
+    assert!(r.dirty.is_empty());
     Ok(())
 }

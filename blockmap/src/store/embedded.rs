@@ -14,11 +14,18 @@
 //! - `runs`: (name, start block) → `end;node=s,...` (see [`crate::placement::Run`]);
 //! - `bitmaps`: (name, node) → dirty bitmap bytes in Redis bit order;
 //! - `docs`: (kind, key) → (version, JSON);
+//! - `leases`: name → (holder, generation, expires in Unix ms);
+//! - `al`: name → (generation, extent size) and `al_extents`: (name, extent) → ()
+//!   (the activity log);
 //! - `changes`: sequence → JSON [`Change`] (the last [`CHANGE_LOG_LEN`] only),
 //!   polled by [`EmbeddedStore::subscribe`]; `meta["seq"]` is the last sequence.
 //!
 //! A whole bitmap value is rewritten when it changes; bitmaps stay empty
-//! unless writes fail, so this is cheap in practice.
+//! unless writes fail, so this is cheap in practice. The writer primitives
+//! (`mark_dirty`, leases, activity log) are one write transaction each,
+//! durable when it commits; `mark_dirty` reads the record inside it to check
+//! the generation and the location (O(runs), not the Redis O(1) path: the
+//! embedded store serves one node).
 
 use super::{ChangeFeed, MetadataStore, Versioned};
 use crate::bitmap::DirtyBitmap;
@@ -26,7 +33,8 @@ use crate::change::{Change, DocKind};
 use crate::error::{Error, Result};
 use crate::image::Image;
 use crate::record::{BitmapChange, ImageRecord};
-use crate::types::{ImageName, NodeId};
+use crate::types::{ByteSize, ImageName, NodeId, UnixMillis};
+use crate::writer::{ActivityLog, Lease, MarkOutcome};
 use async_trait::async_trait;
 use redb::{Database, ReadableTable, TableDefinition, WriteTransaction};
 use std::collections::BTreeMap;
@@ -41,6 +49,9 @@ const BITMAPS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("bitm
 const DOCS: TableDefinition<(&str, &str), (u64, &str)> = TableDefinition::new("docs");
 const CHANGES: TableDefinition<u64, &str> = TableDefinition::new("changes");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const LEASES: TableDefinition<&str, (&str, u64, u64)> = TableDefinition::new("leases");
+const AL: TableDefinition<&str, (u64, u64)> = TableDefinition::new("al");
+const AL_EXTENTS: TableDefinition<(&str, u64), ()> = TableDefinition::new("al_extents");
 
 /// How long an operation waits for another process to release the file.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -101,6 +112,9 @@ impl EmbeddedStore {
         tx.open_table(DOCS).map_err(|e| s.corrupt(e))?;
         tx.open_table(CHANGES).map_err(|e| s.corrupt(e))?;
         tx.open_table(META).map_err(|e| s.corrupt(e))?;
+        tx.open_table(LEASES).map_err(|e| s.corrupt(e))?;
+        tx.open_table(AL).map_err(|e| s.corrupt(e))?;
+        tx.open_table(AL_EXTENTS).map_err(|e| s.corrupt(e))?;
         tx.commit().map_err(|e| s.corrupt(e))?;
         s.held = Some(db);
         Ok(s)
@@ -214,36 +228,234 @@ impl EmbeddedStore {
     fn load_sync(&self, db: &Database, name: &ImageName) -> Result<ImageRecord> {
         let c = |e: redb::Error| self.corrupt(e);
         let tx = db.begin_read().map_err(|e| c(e.into()))?;
-        let images = tx.open_table(IMAGES).map_err(|e| c(e.into()))?;
-        let Some(h) = images.get(name.as_str()).map_err(|e| c(e.into()))? else {
-            return Err(Error::ImageNotFound(name.clone()));
-        };
-        let h: Header = decode(&format!("images/{name}"), h.value())?;
-        let runs_t = tx.open_table(RUNS).map_err(|e| c(e.into()))?;
-        let mut runs = BTreeMap::new();
-        for item in runs_t
-            .range((name.as_str(), 0)..=(name.as_str(), u64::MAX))
-            .map_err(|e| c(e.into()))?
-        {
-            let (k, v) = item.map_err(|e| c(e.into()))?;
-            runs.insert(k.value().1, v.value().to_string());
-        }
-        let bm_t = tx.open_table(BITMAPS).map_err(|e| c(e.into()))?;
-        let mut dirty = BTreeMap::new();
-        for item in bm_t.range((name.as_str(), "")..).map_err(|e| c(e.into()))? {
-            let (k, v) = item.map_err(|e| c(e.into()))?;
-            let (img, node) = k.value();
-            if img != name.as_str() {
-                break;
-            }
-            let node = NodeId::new(node).map_err(|e| Error::CorruptRecord {
-                key: format!("bitmaps/{name}"),
-                why: e.to_string(),
-            })?;
-            dirty.insert(node, DirtyBitmap::from_bytes(v.value().to_vec()));
-        }
-        ImageRecord::from_parts(h.image, runs, dirty, h.version)
+        read_parts(
+            self,
+            &tx.open_table(IMAGES).map_err(|e| c(e.into()))?,
+            &tx.open_table(RUNS).map_err(|e| c(e.into()))?,
+            &tx.open_table(BITMAPS).map_err(|e| c(e.into()))?,
+            name,
+        )
     }
+
+    /// The record as `tx` sees it (tables closed again on return, so the
+    /// caller may write them).
+    fn load_in(&self, tx: &WriteTransaction, name: &ImageName) -> Result<ImageRecord> {
+        let c = |e: redb::Error| self.corrupt(e);
+        read_parts(
+            self,
+            &tx.open_table(IMAGES).map_err(|e| c(e.into()))?,
+            &tx.open_table(RUNS).map_err(|e| c(e.into()))?,
+            &tx.open_table(BITMAPS).map_err(|e| c(e.into()))?,
+            name,
+        )
+    }
+
+    /// Sets or clears dirty bits: one write transaction.
+    async fn set_bits(
+        &self,
+        name: &ImageName,
+        node: &NodeId,
+        generation: u64,
+        bits: &[(u64, u64)],
+        dirty: bool,
+    ) -> Result<MarkOutcome> {
+        let (name, node, bits) = (name.clone(), node.clone(), bits.to_vec());
+        self.run(move |s, db| {
+            let tx = db.begin_write().map_err(|e| s.corrupt(e))?;
+            let old = s.load_in(&tx, &name)?;
+            check_generation(&name, generation, old.image.generation)?;
+            if bits.is_empty() {
+                return Ok(MarkOutcome {
+                    version: old.version,
+                });
+            }
+            let mut new = old.clone();
+            new.set_dirty_bits(&node, &bits, dirty)?;
+            let version = old.version + 1;
+            write_record(s, &tx, Some(&old), &new, version)?;
+            s.log_change(
+                &tx,
+                &Change::Dirty {
+                    name: name.to_string(),
+                    node: node.to_string(),
+                    version,
+                    dirty,
+                    bits,
+                },
+            )?;
+            tx.commit().map_err(|e| s.corrupt(e))?;
+            Ok(MarkOutcome { version })
+        })
+        .await
+    }
+
+    /// Checks the stored lease against `holder` and `generation` (the
+    /// renew and release rule).
+    fn held_lease(
+        &self,
+        tx: &WriteTransaction,
+        name: &ImageName,
+        holder: &NodeId,
+        generation: u64,
+    ) -> Result<Header> {
+        let h = read_header(self, tx, name)?;
+        check_generation(name, generation, h.image.generation)?;
+        let t = tx.open_table(LEASES).map_err(|e| self.corrupt(e))?;
+        let held = t
+            .get(name.as_str())
+            .map_err(|e| self.corrupt(e))?
+            .is_some_and(|v| {
+                let (who, g, _) = v.value();
+                who == holder.as_str() && g == generation
+            });
+        if !held {
+            return Err(Error::LeaseNotHeld {
+                image: name.clone(),
+                holder: holder.clone(),
+                generation,
+            });
+        }
+        Ok(h)
+    }
+
+    /// Adds or removes activity-log extents: one write transaction.
+    async fn al_change(
+        &self,
+        name: &ImageName,
+        generation: u64,
+        extents: &[u64],
+        add: bool,
+    ) -> Result<()> {
+        let (name, extents) = (name.clone(), extents.to_vec());
+        self.run(move |s, db| {
+            let c = |e: redb::Error| s.corrupt(e);
+            let tx = db.begin_write().map_err(|e| c(e.into()))?;
+            let h = read_header(s, &tx, &name)?;
+            check_generation(&name, generation, h.image.generation)?;
+            let log_generation = tx
+                .open_table(AL)
+                .map_err(|e| c(e.into()))?
+                .get(name.as_str())
+                .map_err(|e| c(e.into()))?
+                .map_or(0, |v| v.value().0);
+            if log_generation != generation {
+                return Err(Error::ActivityLogNotTakenOver {
+                    image: name.clone(),
+                    generation,
+                    log_generation,
+                });
+            }
+            {
+                let mut t = tx.open_table(AL_EXTENTS).map_err(|e| c(e.into()))?;
+                for e in &extents {
+                    if add {
+                        t.insert((name.as_str(), *e), ()).map_err(|e| c(e.into()))?;
+                    } else {
+                        t.remove((name.as_str(), *e)).map_err(|e| c(e.into()))?;
+                    }
+                }
+            }
+            tx.commit().map_err(|e| c(e.into()))
+        })
+        .await
+    }
+}
+
+/// [`Error::Fenced`] unless `generation` is the image's `current` one.
+fn check_generation(name: &ImageName, generation: u64, current: u64) -> Result<()> {
+    if generation == current {
+        Ok(())
+    } else {
+        Err(Error::Fenced {
+            image: name.clone(),
+            generation,
+            current,
+        })
+    }
+}
+
+fn read_header(s: &EmbeddedStore, tx: &WriteTransaction, name: &ImageName) -> Result<Header> {
+    let t = tx.open_table(IMAGES).map_err(|e| s.corrupt(e))?;
+    let v = t.get(name.as_str()).map_err(|e| s.corrupt(e))?;
+    match v {
+        None => Err(Error::ImageNotFound(name.clone())),
+        Some(h) => decode(&format!("images/{name}"), h.value()),
+    }
+}
+
+fn write_header(s: &EmbeddedStore, tx: &WriteTransaction, h: &Header) -> Result<()> {
+    let json = encode(h)?;
+    tx.open_table(IMAGES)
+        .map_err(|e| s.corrupt(e))?
+        .insert(h.image.name.as_str(), json.as_str())
+        .map_err(|e| s.corrupt(e))?;
+    Ok(())
+}
+
+fn read_al<A, X>(s: &EmbeddedStore, al: &A, ext: &X, name: &ImageName) -> Result<ActivityLog>
+where
+    A: ReadableTable<&'static str, (u64, u64)>,
+    X: ReadableTable<(&'static str, u64), ()>,
+{
+    let c = |e: redb::StorageError| s.corrupt(e);
+    let Some(v) = al.get(name.as_str()).map_err(c)? else {
+        return Ok(ActivityLog::default());
+    };
+    let (generation, size) = v.value();
+    let mut extents = std::collections::BTreeSet::new();
+    for item in ext
+        .range((name.as_str(), 0)..=(name.as_str(), u64::MAX))
+        .map_err(c)?
+    {
+        extents.insert(item.map_err(c)?.0.value().1);
+    }
+    Ok(ActivityLog {
+        generation,
+        extent_size: ByteSize(size),
+        extents,
+    })
+}
+
+/// Reads an image record from open tables (of a read or a write transaction).
+fn read_parts<I, R, B>(
+    s: &EmbeddedStore,
+    images: &I,
+    runs_t: &R,
+    bm_t: &B,
+    name: &ImageName,
+) -> Result<ImageRecord>
+where
+    I: ReadableTable<&'static str, &'static str>,
+    R: ReadableTable<(&'static str, u64), &'static str>,
+    B: ReadableTable<(&'static str, &'static str), &'static [u8]>,
+{
+    let c = |e: redb::StorageError| s.corrupt(e);
+    let Some(h) = images.get(name.as_str()).map_err(c)? else {
+        return Err(Error::ImageNotFound(name.clone()));
+    };
+    let h: Header = decode(&format!("images/{name}"), h.value())?;
+    let mut runs = BTreeMap::new();
+    for item in runs_t
+        .range((name.as_str(), 0)..=(name.as_str(), u64::MAX))
+        .map_err(c)?
+    {
+        let (k, v) = item.map_err(c)?;
+        runs.insert(k.value().1, v.value().to_string());
+    }
+    let mut dirty = BTreeMap::new();
+    for item in bm_t.range((name.as_str(), "")..).map_err(c)? {
+        let (k, v) = item.map_err(c)?;
+        let (img, node) = k.value();
+        if img != name.as_str() {
+            break;
+        }
+        let node = NodeId::new(node).map_err(|e| Error::CorruptRecord {
+            key: format!("bitmaps/{name}"),
+            why: e.to_string(),
+        })?;
+        dirty.insert(node, DirtyBitmap::from_bytes(v.value().to_vec()));
+    }
+    ImageRecord::from_parts(h.image, runs, dirty, h.version)
 }
 
 fn decode<T: serde::de::DeserializeOwned>(key: &str, s: &str) -> Result<T> {
@@ -419,6 +631,13 @@ impl MetadataStore for EmbeddedStore {
                 let mut bms = tx.open_table(BITMAPS).map_err(|e| c(e.into()))?;
                 bms.retain(|(img, _), _| img != n)
                     .map_err(|e| c(e.into()))?;
+                let mut leases = tx.open_table(LEASES).map_err(|e| c(e.into()))?;
+                leases.remove(n).map_err(|e| c(e.into()))?;
+                let mut al = tx.open_table(AL).map_err(|e| c(e.into()))?;
+                al.remove(n).map_err(|e| c(e.into()))?;
+                let mut ext = tx.open_table(AL_EXTENTS).map_err(|e| c(e.into()))?;
+                ext.retain_in((n, 0)..=(n, u64::MAX), |_, _| false)
+                    .map_err(|e| c(e.into()))?;
             }
             s.log_change(
                 &tx,
@@ -569,5 +788,260 @@ impl MetadataStore for EmbeddedStore {
             }
         });
         Ok(ChangeFeed::new(rx, task))
+    }
+
+    async fn mark_dirty(
+        &self,
+        name: &ImageName,
+        node: &NodeId,
+        generation: u64,
+        bits: &[(u64, u64)],
+    ) -> Result<MarkOutcome> {
+        self.set_bits(name, node, generation, bits, true).await
+    }
+
+    async fn clear_dirty(
+        &self,
+        name: &ImageName,
+        node: &NodeId,
+        generation: u64,
+        bits: &[(u64, u64)],
+    ) -> Result<MarkOutcome> {
+        self.set_bits(name, node, generation, bits, false).await
+    }
+
+    async fn acquire_lease(
+        &self,
+        name: &ImageName,
+        holder: &NodeId,
+        ttl_ms: u64,
+        now: UnixMillis,
+    ) -> Result<Lease> {
+        let (name, holder) = (name.clone(), holder.clone());
+        self.run(move |s, db| {
+            let c = |e: redb::Error| s.corrupt(e);
+            let tx = db.begin_write().map_err(|e| c(e.into()))?;
+            let mut h = read_header(s, &tx, &name)?;
+            {
+                let t = tx.open_table(LEASES).map_err(|e| c(e.into()))?;
+                let cur = t.get(name.as_str()).map_err(|e| c(e.into()))?.map(|v| {
+                    let (who, g, x) = v.value();
+                    (who.to_string(), g, x)
+                });
+                if let Some((who, generation, expires)) = cur {
+                    if who != holder.as_str() && now < UnixMillis(expires) {
+                        return Err(Error::LeaseHeld {
+                            image: name.clone(),
+                            holder: NodeId::new(&who).map_err(|e| Error::CorruptRecord {
+                                key: format!("leases/{name}"),
+                                why: e.to_string(),
+                            })?,
+                            generation,
+                            expires: UnixMillis(expires),
+                        });
+                    }
+                }
+            }
+            h.image.generation += 1;
+            h.version += 1;
+            let lease = Lease {
+                holder: holder.clone(),
+                generation: h.image.generation,
+                expires: now.plus(ttl_ms),
+            };
+            write_header(s, &tx, &h)?;
+            tx.open_table(LEASES)
+                .map_err(|e| c(e.into()))?
+                .insert(
+                    name.as_str(),
+                    (holder.as_str(), lease.generation, lease.expires.0),
+                )
+                .map_err(|e| c(e.into()))?;
+            s.log_change(
+                &tx,
+                &Change::Lease {
+                    name: name.to_string(),
+                    holder: Some(holder.to_string()),
+                    generation: lease.generation,
+                    version: h.version,
+                },
+            )?;
+            tx.commit().map_err(|e| c(e.into()))?;
+            Ok(lease)
+        })
+        .await
+    }
+
+    async fn renew_lease(
+        &self,
+        name: &ImageName,
+        holder: &NodeId,
+        generation: u64,
+        ttl_ms: u64,
+        now: UnixMillis,
+    ) -> Result<Lease> {
+        let (name, holder) = (name.clone(), holder.clone());
+        self.run(move |s, db| {
+            let c = |e: redb::Error| s.corrupt(e);
+            let tx = db.begin_write().map_err(|e| c(e.into()))?;
+            s.held_lease(&tx, &name, &holder, generation)?;
+            let lease = Lease {
+                holder: holder.clone(),
+                generation,
+                expires: now.plus(ttl_ms),
+            };
+            tx.open_table(LEASES)
+                .map_err(|e| c(e.into()))?
+                .insert(
+                    name.as_str(),
+                    (holder.as_str(), generation, lease.expires.0),
+                )
+                .map_err(|e| c(e.into()))?;
+            tx.commit().map_err(|e| c(e.into()))?;
+            Ok(lease)
+        })
+        .await
+    }
+
+    async fn release_lease(
+        &self,
+        name: &ImageName,
+        holder: &NodeId,
+        generation: u64,
+    ) -> Result<()> {
+        let (name, holder) = (name.clone(), holder.clone());
+        self.run(move |s, db| {
+            let c = |e: redb::Error| s.corrupt(e);
+            let tx = db.begin_write().map_err(|e| c(e.into()))?;
+            let h = s.held_lease(&tx, &name, &holder, generation)?;
+            tx.open_table(LEASES)
+                .map_err(|e| c(e.into()))?
+                .remove(name.as_str())
+                .map_err(|e| c(e.into()))?;
+            s.log_change(
+                &tx,
+                &Change::Lease {
+                    name: name.to_string(),
+                    holder: None,
+                    generation,
+                    version: h.version,
+                },
+            )?;
+            tx.commit().map_err(|e| c(e.into()))
+        })
+        .await
+    }
+
+    async fn get_lease(&self, name: &ImageName) -> Result<Option<Lease>> {
+        let name = name.clone();
+        self.run(move |s, db| {
+            let c = |e: redb::Error| s.corrupt(e);
+            let tx = db.begin_read().map_err(|e| c(e.into()))?;
+            if tx
+                .open_table(IMAGES)
+                .map_err(|e| c(e.into()))?
+                .get(name.as_str())
+                .map_err(|e| c(e.into()))?
+                .is_none()
+            {
+                return Err(Error::ImageNotFound(name.clone()));
+            }
+            let t = tx.open_table(LEASES).map_err(|e| c(e.into()))?;
+            let Some(v) = t.get(name.as_str()).map_err(|e| c(e.into()))? else {
+                return Ok(None);
+            };
+            let (who, generation, expires) = v.value();
+            Ok(Some(Lease {
+                holder: NodeId::new(who).map_err(|e| Error::CorruptRecord {
+                    key: format!("leases/{name}"),
+                    why: e.to_string(),
+                })?,
+                generation,
+                expires: UnixMillis(expires),
+            }))
+        })
+        .await
+    }
+
+    async fn al_add(&self, name: &ImageName, generation: u64, extents: &[u64]) -> Result<()> {
+        self.al_change(name, generation, extents, true).await
+    }
+
+    async fn al_remove(&self, name: &ImageName, generation: u64, extents: &[u64]) -> Result<()> {
+        self.al_change(name, generation, extents, false).await
+    }
+
+    async fn al_get(&self, name: &ImageName) -> Result<ActivityLog> {
+        let name = name.clone();
+        self.run(move |s, db| {
+            let c = |e: redb::Error| s.corrupt(e);
+            let tx = db.begin_read().map_err(|e| c(e.into()))?;
+            if tx
+                .open_table(IMAGES)
+                .map_err(|e| c(e.into()))?
+                .get(name.as_str())
+                .map_err(|e| c(e.into()))?
+                .is_none()
+            {
+                return Err(Error::ImageNotFound(name.clone()));
+            }
+            read_al(
+                s,
+                &tx.open_table(AL).map_err(|e| c(e.into()))?,
+                &tx.open_table(AL_EXTENTS).map_err(|e| c(e.into()))?,
+                &name,
+            )
+        })
+        .await
+    }
+
+    async fn al_reset(
+        &self,
+        name: &ImageName,
+        generation: u64,
+        extent_size: ByteSize,
+        extents: &[u64],
+    ) -> Result<ActivityLog> {
+        check_extent_size(extent_size)?;
+        let (name, extents) = (name.clone(), extents.to_vec());
+        self.run(move |s, db| {
+            let c = |e: redb::Error| s.corrupt(e);
+            let tx = db.begin_write().map_err(|e| c(e.into()))?;
+            let h = read_header(s, &tx, &name)?;
+            check_generation(&name, generation, h.image.generation)?;
+            let old = read_al(
+                s,
+                &tx.open_table(AL).map_err(|e| c(e.into()))?,
+                &tx.open_table(AL_EXTENTS).map_err(|e| c(e.into()))?,
+                &name,
+            )?;
+            {
+                let n = name.as_str();
+                let mut al = tx.open_table(AL).map_err(|e| c(e.into()))?;
+                al.insert(n, (generation, extent_size.bytes()))
+                    .map_err(|e| c(e.into()))?;
+                let mut t = tx.open_table(AL_EXTENTS).map_err(|e| c(e.into()))?;
+                t.retain_in((n, 0)..=(n, u64::MAX), |_, _| false)
+                    .map_err(|e| c(e.into()))?;
+                for e in &extents {
+                    t.insert((n, *e), ()).map_err(|e| c(e.into()))?;
+                }
+            }
+            tx.commit().map_err(|e| c(e.into()))?;
+            Ok(old)
+        })
+        .await
+    }
+}
+
+/// [`Error::Invalid`] unless an activity-log extent size is a power of two.
+pub(crate) fn check_extent_size(extent_size: ByteSize) -> Result<()> {
+    if extent_size.bytes().is_power_of_two() {
+        Ok(())
+    } else {
+        Err(Error::invalid(
+            "activity-log extent size",
+            format!("{extent_size} is not a power of two"),
+        ))
     }
 }

@@ -13,7 +13,17 @@
 //! - `put_doc` with `expected = None` creates only if absent, with
 //!   `Some(v)` replaces or deletes only if the stored version is `v`;
 //! - a change feed subscriber receives a [`Change`] for every commit made
-//!   after [`MetadataStore::subscribe`] returned.
+//!   after [`MetadataStore::subscribe`] returned;
+//! - the writer primitives (`mark_dirty`, `clear_dirty`, the lease and the
+//!   activity log) each run as one atomic step on the server (one Lua script
+//!   in Redis, one redb transaction embedded: one round trip), checked
+//!   against the image's current generation. A refused call changes nothing.
+//!
+//! Generations (invariant 4, ARCHITECTURE.md) rise only through
+//! [`MetadataStore::acquire_lease`] (or a header commit, as the older
+//! `ops::bump_generation` does); every writer primitive that takes a
+//! `generation` refuses a stale one with [`Error::Fenced`]
+//! ([`crate::ErrorKind::Conflict`]).
 
 pub mod embedded;
 pub mod redis;
@@ -22,7 +32,8 @@ use crate::change::{Change, DocKind};
 use crate::error::{Error, Result};
 use crate::image::Image;
 use crate::record::ImageRecord;
-use crate::types::ImageName;
+use crate::types::{ByteSize, ImageName, NodeId, UnixMillis};
+use crate::writer::{ActivityLog, Lease, MarkOutcome};
 use async_trait::async_trait;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -116,6 +127,108 @@ pub trait MetadataStore: Send + Sync + 'static {
 
     /// Subscribes to the change feed.
     async fn subscribe(&self) -> Result<ChangeFeed>;
+
+    /// Sets the bits `[first, last)` of each range of `bits` (bit indexes at
+    /// the image's granularity) in `node`'s dirty bitmap, iff the image's
+    /// generation is still `generation` (else [`Error::Fenced`], nothing
+    /// written). Invariant 1 (ARCHITECTURE.md): when this returns `Ok` the
+    /// mark is durable (Redis: only with `appendonly yes` and
+    /// `appendfsync always`; embedded: the redb commit is fsynced).
+    ///
+    /// One round trip, touching only the bitmap chunks of the ranges (never
+    /// a read-modify-write of the record). Bumps the image version (so a
+    /// concurrent `commit_image` from an older read cannot overwrite the
+    /// bits) and publishes [`Change::Dirty`]. Refuses, changing nothing,
+    /// empty or reversed ranges and ranges past the end ([`Error::Invalid`])
+    /// and blocks where `node` is not a location ([`Error::NotALocation`]).
+    /// An empty `bits` checks the generation and changes nothing.
+    async fn mark_dirty(
+        &self,
+        name: &ImageName,
+        node: &NodeId,
+        generation: u64,
+        bits: &[(u64, u64)],
+    ) -> Result<MarkOutcome>;
+
+    /// Clears bits, otherwise exactly as [`MetadataStore::mark_dirty`]
+    /// (resync calls it as copied ranges land). Chunks that become clean are
+    /// deleted.
+    async fn clear_dirty(
+        &self,
+        name: &ImageName,
+        node: &NodeId,
+        generation: u64,
+        bits: &[(u64, u64)],
+    ) -> Result<MarkOutcome>;
+
+    /// Takes the write lease of `name` for `holder` until `now + ttl_ms`.
+    /// Succeeds when the lease is free, expired at `now`, or already held
+    /// by `holder` (a restarted writer is a new writer); fails with
+    /// [`Error::LeaseHeld`] otherwise. Every success raises the image's
+    /// generation by one and its version, atomically, and publishes
+    /// [`Change::Lease`]. Takeover after a crash is: wait out the TTL, then
+    /// acquire. `now` is wall-clock time, passed in so that tests and
+    /// callers control it.
+    async fn acquire_lease(
+        &self,
+        name: &ImageName,
+        holder: &NodeId,
+        ttl_ms: u64,
+        now: UnixMillis,
+    ) -> Result<Lease>;
+
+    /// Extends the lease to `now + ttl_ms` iff the image is still at
+    /// `generation` ([`Error::Fenced`] otherwise) and the stored lease has
+    /// `holder` and `generation` ([`Error::LeaseNotHeld`] otherwise, e.g.
+    /// after a release). A lease that expired but was not taken over may be
+    /// renewed: the generation did not move, so nobody else wrote.
+    /// Does not bump the image version and publishes nothing.
+    async fn renew_lease(
+        &self,
+        name: &ImageName,
+        holder: &NodeId,
+        generation: u64,
+        ttl_ms: u64,
+        now: UnixMillis,
+    ) -> Result<Lease>;
+
+    /// Gives the lease up, under the same checks as
+    /// [`MetadataStore::renew_lease`]. The generation stays; the next
+    /// acquire raises it. Publishes [`Change::Lease`] with no holder.
+    async fn release_lease(&self, name: &ImageName, holder: &NodeId, generation: u64)
+        -> Result<()>;
+
+    /// The stored lease, if any (it may have expired: compare with the
+    /// time). For `locus image info`: holder, generation, expiry.
+    async fn get_lease(&self, name: &ImageName) -> Result<Option<Lease>>;
+
+    /// Adds hot extents to the activity log (invariant 5, ARCHITECTURE.md),
+    /// iff the image is at `generation` ([`Error::Fenced`]) and the log was
+    /// reset by this generation ([`Error::ActivityLogNotTakenOver`]).
+    /// Durable on `Ok`, one round trip. Adding a present extent is a no-op.
+    async fn al_add(&self, name: &ImageName, generation: u64, extents: &[u64]) -> Result<()>;
+
+    /// Removes extents from the activity log, under the checks of
+    /// [`MetadataStore::al_add`].
+    async fn al_remove(&self, name: &ImageName, generation: u64, extents: &[u64]) -> Result<()>;
+
+    /// The activity log ([`ActivityLog::default`] if no writer reset it yet).
+    async fn al_get(&self, name: &ImageName) -> Result<ActivityLog>;
+
+    /// Replaces the activity log with `extents` of `extent_size` owned by
+    /// `generation`, iff the image is at `generation` ([`Error::Fenced`]),
+    /// and returns the log it replaced. A new writer, after acquiring the
+    /// lease, reads the old log ([`MetadataStore::al_get`]), reconciles its
+    /// extents, then resets (keeping any extents it still needs in
+    /// `extents`). From then on the old generation's `al_add` is fenced.
+    /// `extent_size` must be a power of two ([`Error::Invalid`]).
+    async fn al_reset(
+        &self,
+        name: &ImageName,
+        generation: u64,
+        extent_size: ByteSize,
+        extents: &[u64],
+    ) -> Result<ActivityLog>;
 }
 
 /// Default embedded store directory.

@@ -5,10 +5,13 @@
 //! | key | type | contents |
 //! |---|---|---|
 //! | `locus:images` | set | names of all images |
-//! | `locus:image:{name}` | hash | `version` (integer), `header` (JSON [`Image`]) |
+//! | `locus:image:{name}` | hash | `version` (integer), `header` (JSON [`Image`]), `generation` (integer; authoritative over the header's copy) |
 //! | `locus:image:{name}:runs` | hash | start block → `end;node=s,node=s` ([`crate::placement::Run`]) |
 //! | `locus:oos:{name}:{node}:{chunk}` | string | dirty bitmap chunk *k*: bit *j* is granularity unit *k*·65536+*j* (`SETBIT`/`BITCOUNT`/`BITPOS` order); absent when clean |
 //! | `locus:oos:{name}:{node}:chunks` | set | indexes of the chunks that exist |
+//! | `locus:lease:{name}` | hash | `holder`, `generation`, `expires` (Unix ms): the write lease |
+//! | `locus:al:{name}` | hash | `generation`, `extent_size`: owner of the activity log |
+//! | `locus:al:{name}:extents` | set | hot extent indexes |
 //! | `locus:nodes` | hash | node id → `version JSON` |
 //! | `locus:targets` | hash | IQN → `version JSON` |
 //! | `locus:stats` | hash | image name → `version JSON` |
@@ -28,6 +31,22 @@
 //! change. An aborted `EXEC` is reported as a conflict and the caller
 //! ([`crate::ops`]) retries from a fresh read. Transactions run on a connection
 //! of their own, one at a time per handle, so `WATCH` state is never shared.
+//!
+//! The writer primitives are Lua scripts (`src/store/lua/*.lua`, sent once
+//! with `EVALSHA`, so one round trip each): `mark.lua` (mark/clear dirty
+//! bits with `SETBIT`/`SETRANGE` on the touched chunks only, `HINCRBY
+//! version`, `PUBLISH`), `acquire.lua`, `lease.lua` (renew, release) and
+//! `al.lua` (activity log). Each checks the image's `generation` field
+//! first. They touch keys derived from their arguments (chunk keys), so they
+//! assume a single Redis server, not Redis Cluster.
+//!
+//! # Durability
+//!
+//! A mark is durable when the script returns only if Redis runs with
+//! `appendonly yes` and `appendfsync always` (Redis then fsyncs the AOF
+//! before it replies). With the default `everysec` up to a second of marks
+//! can be lost on a crash of the Redis host, which breaks invariant 1
+//! (ARCHITECTURE.md). Configure production servers that way.
 
 use super::{ChangeFeed, MetadataStore, Versioned};
 use crate::bitmap::DirtyBitmap;
@@ -35,7 +54,8 @@ use crate::change::{Change, DocKind};
 use crate::error::{Error, Result};
 use crate::image::Image;
 use crate::record::{BitmapChange, ImageRecord};
-use crate::types::{ImageName, NodeId};
+use crate::types::{ByteSize, ImageName, NodeId, UnixMillis};
+use crate::writer::{ActivityLog, Lease, MarkOutcome};
 use async_trait::async_trait;
 use futures::StreamExt;
 use redis::aio::MultiplexedConnection;
@@ -75,6 +95,46 @@ fn dirty_chunks(bm: &DirtyBitmap) -> Vec<usize> {
         .map(|(i, _)| i)
         .collect()
 }
+fn lease_key(name: &str) -> String {
+    format!("locus:lease:{name}")
+}
+fn al_key(name: &str) -> String {
+    format!("locus:al:{name}")
+}
+fn al_set_key(name: &str) -> String {
+    format!("locus:al:{name}:extents")
+}
+
+const PRELUDE: &str = include_str!("lua/prelude.lua");
+
+/// The writer scripts, hashed once per handle.
+struct Scripts {
+    mark: redis::Script,
+    acquire: redis::Script,
+    lease: redis::Script,
+    al: redis::Script,
+}
+
+impl Scripts {
+    fn new() -> Self {
+        let s = |body: &str| redis::Script::new(&format!("{PRELUDE}\n{body}"));
+        Self {
+            mark: s(include_str!("lua/mark.lua")),
+            acquire: s(include_str!("lua/acquire.lua")),
+            lease: s(include_str!("lua/lease.lua")),
+            al: s(include_str!("lua/al.lua")),
+        }
+    }
+}
+
+fn fenced(name: &ImageName, generation: u64, reply: &[String]) -> Error {
+    Error::Fenced {
+        image: name.clone(),
+        generation,
+        current: reply.get(1).and_then(|c| c.parse().ok()).unwrap_or(0),
+    }
+}
+
 fn doc_key(kind: DocKind) -> String {
     format!("locus:{}", kind.as_str())
 }
@@ -86,6 +146,7 @@ pub struct RedisStore {
     tx_con: tokio::sync::Mutex<MultiplexedConnection>,
     masked: String,
     bytes_written: AtomicU64,
+    scripts: Scripts,
 }
 
 fn mask(url: &str) -> String {
@@ -121,12 +182,22 @@ impl RedisStore {
             .await
             .map_err(unavailable)?;
         let tx_con = connect().await.map_err(unavailable)?;
+        let scripts = Scripts::new();
+        // Load the writer scripts now, so that their first use is one round
+        // trip too (after a server restart EVALSHA falls back to EVAL once).
+        for sc in [&scripts.mark, &scripts.acquire, &scripts.lease, &scripts.al] {
+            sc.prepare_invoke()
+                .load_async(&mut con)
+                .await
+                .map_err(unavailable)?;
+        }
         Ok(Self {
             client,
             con,
             tx_con: tokio::sync::Mutex::new(tx_con),
             masked,
             bytes_written: AtomicU64::new(0),
+            scripts,
         })
     }
 
@@ -191,6 +262,8 @@ impl RedisStore {
         let diff = new.diff(old);
         if let Some(h) = &diff.header {
             pipe.hset(image_key(name), "header", encode(h)?).ignore();
+            pipe.hset(image_key(name), "generation", h.generation)
+                .ignore();
         }
         pipe.hset(image_key(name), "version", version).ignore();
         if !diff.runs_del.is_empty() {
@@ -240,6 +313,133 @@ impl RedisStore {
             }
         }
         Ok(())
+    }
+
+    async fn invoke(&self, inv: &redis::ScriptInvocation<'_>) -> Result<Vec<String>> {
+        let mut con = self.con.clone();
+        inv.invoke_async(&mut con).await.map_err(|e| self.err(e))
+    }
+
+    /// `mark.lua`; on a refusal, the exact error comes from the record.
+    async fn set_bits(
+        &self,
+        name: &ImageName,
+        node: &NodeId,
+        generation: u64,
+        bits: &[(u64, u64)],
+        dirty: bool,
+    ) -> Result<MarkOutcome> {
+        let n = name.as_str();
+        let change = encode(&Change::Dirty {
+            name: n.into(),
+            node: node.to_string(),
+            version: 0,
+            dirty,
+            bits: bits.to_vec(),
+        })?;
+        // The version goes last: the script appends it and the brace.
+        let prefix = change
+            .strip_suffix("0}")
+            .filter(|p| p.ends_with(r#","version":"#))
+            .ok_or_else(|| Error::CorruptRecord {
+                key: CHANNEL.into(),
+                why: "a dirty change must serialize its version last".into(),
+            })?
+            .to_string();
+        for _ in 0..crate::ops::MAX_RETRIES {
+            let mut inv = self.scripts.mark.prepare_invoke();
+            inv.key(image_key(n))
+                .key(runs_key(n))
+                .key(chunks_key(n, node.as_str()))
+                .arg(generation)
+                .arg(if dirty { "1" } else { "0" })
+                .arg(format!("locus:oos:{n}:{}:", node.as_str()))
+                .arg(node.as_str())
+                .arg(&prefix);
+            for (f, l) in bits {
+                inv.arg(*f).arg(*l);
+            }
+            let r = self.invoke(&inv).await?;
+            match r.first().map(String::as_str) {
+                Some("ok") => {
+                    let version = r.get(1).and_then(|v| v.parse().ok()).unwrap_or(0);
+                    return Ok(MarkOutcome { version });
+                }
+                Some("missing") => return Err(Error::ImageNotFound(name.clone())),
+                Some("fenced") => return Err(fenced(name, generation, &r)),
+                _ => {
+                    // Bad range or not a location: the model names it.
+                    let mut rec = self.load_image(name).await?;
+                    rec.set_dirty_bits(node, bits, dirty)?;
+                    // Placement changed in between: try again.
+                }
+            }
+        }
+        Err(Error::Contended(format!("image '{name}'")))
+    }
+
+    /// `lease.lua` (`op` is `renew` or `release`).
+    async fn lease_op(
+        &self,
+        op: &str,
+        name: &ImageName,
+        holder: &NodeId,
+        generation: u64,
+        expires: UnixMillis,
+    ) -> Result<()> {
+        let n = name.as_str();
+        let mut inv = self.scripts.lease.prepare_invoke();
+        inv.key(image_key(n))
+            .key(lease_key(n))
+            .arg(op)
+            .arg(holder.as_str())
+            .arg(generation)
+            .arg(expires.0)
+            .arg(encode(&n)?);
+        let r = self.invoke(&inv).await?;
+        match r.first().map(String::as_str) {
+            Some("ok") => Ok(()),
+            Some("missing") => Err(Error::ImageNotFound(name.clone())),
+            Some("fenced") => Err(fenced(name, generation, &r)),
+            _ => Err(Error::LeaseNotHeld {
+                image: name.clone(),
+                holder: holder.clone(),
+                generation,
+            }),
+        }
+    }
+
+    /// `al.lua`.
+    async fn al_op(
+        &self,
+        op: &str,
+        name: &ImageName,
+        generation: u64,
+        extent_size: Option<ByteSize>,
+        extents: &[u64],
+    ) -> Result<Vec<String>> {
+        let n = name.as_str();
+        let mut inv = self.scripts.al.prepare_invoke();
+        inv.key(image_key(n))
+            .key(al_key(n))
+            .key(al_set_key(n))
+            .arg(op)
+            .arg(generation)
+            .arg(extent_size.map_or(String::new(), |s| s.bytes().to_string()));
+        for e in extents {
+            inv.arg(*e);
+        }
+        let r = self.invoke(&inv).await?;
+        match r.first().map(String::as_str) {
+            Some("ok") => Ok(r),
+            Some("missing") => Err(Error::ImageNotFound(name.clone())),
+            Some("fenced") => Err(fenced(name, generation, &r)),
+            _ => Err(Error::ActivityLogNotTakenOver {
+                image: name.clone(),
+                generation,
+                log_generation: r.get(1).and_then(|g| g.parse().ok()).unwrap_or(0),
+            }),
+        }
     }
 
     /// Memory Redis reports for every key of an image (`MEMORY USAGE`), bytes.
@@ -329,6 +529,8 @@ impl MetadataStore for RedisStore {
             pipe.atomic();
             pipe.hset(image_key(name), "header", encode(&rec.image)?)
                 .ignore();
+            pipe.hset(image_key(name), "generation", rec.image.generation)
+                .ignore();
             let empty = ImageRecord {
                 placement: crate::placement::Placement::from_runs(vec![], 0)?,
                 dirty: BTreeMap::new(),
@@ -369,7 +571,10 @@ impl MetadataStore for RedisStore {
                 key: key.clone(),
                 why: "bad version".into(),
             })?;
-            let image: Image = decode(&key, header)?;
+            let mut image: Image = decode(&key, header)?;
+            if let Some(g) = head.get("generation").and_then(|g| g.parse().ok()) {
+                image.generation = g;
+            }
             let mut rec = ImageRecord::from_parts(image, runs, BTreeMap::new(), version)?;
             let nodes: Vec<NodeId> = rec.location_nodes().into_iter().collect();
             let mut pipe = redis::pipe();
@@ -423,14 +628,25 @@ impl MetadataStore for RedisStore {
         names.sort();
         let mut pipe = redis::pipe();
         for n in &names {
-            pipe.hget(image_key(n), "header");
+            pipe.cmd("HMGET")
+                .arg(image_key(n))
+                .arg("header")
+                .arg("generation");
         }
-        let headers: Vec<Option<String>> =
+        let headers: Vec<(Option<String>, Option<u64>)> =
             pipe.query_async(&mut con).await.map_err(|e| self.err(e))?;
         names
             .iter()
             .zip(headers)
-            .filter_map(|(n, h)| h.map(|h| decode(&image_key(n), &h)))
+            .filter_map(|(n, (h, g))| {
+                h.map(|h| {
+                    let mut i: Image = decode(&image_key(n), &h)?;
+                    if let Some(g) = g {
+                        i.generation = g;
+                    }
+                    Ok(i)
+                })
+            })
             .collect()
     }
 
@@ -499,6 +715,12 @@ impl MetadataStore for RedisStore {
             }
             pipe.del(chunks_key(n, node.as_str())).ignore();
         }
+        pipe.del(lease_key(n))
+            .ignore()
+            .del(al_key(n))
+            .ignore()
+            .del(al_set_key(n))
+            .ignore();
         pipe.srem(IMAGES, n).ignore();
         Self::publish(&mut pipe, &Change::ImageDeleted { name: n.into() })?;
         self.exec(&mut con, &pipe).await
@@ -613,5 +835,205 @@ impl MetadataStore for RedisStore {
                 .await;
         });
         Ok(ChangeFeed::new(rx, task))
+    }
+
+    async fn mark_dirty(
+        &self,
+        name: &ImageName,
+        node: &NodeId,
+        generation: u64,
+        bits: &[(u64, u64)],
+    ) -> Result<MarkOutcome> {
+        self.set_bits(name, node, generation, bits, true).await
+    }
+
+    async fn clear_dirty(
+        &self,
+        name: &ImageName,
+        node: &NodeId,
+        generation: u64,
+        bits: &[(u64, u64)],
+    ) -> Result<MarkOutcome> {
+        self.set_bits(name, node, generation, bits, false).await
+    }
+
+    async fn acquire_lease(
+        &self,
+        name: &ImageName,
+        holder: &NodeId,
+        ttl_ms: u64,
+        now: UnixMillis,
+    ) -> Result<Lease> {
+        let n = name.as_str();
+        let expires = now.plus(ttl_ms);
+        let mut inv = self.scripts.acquire.prepare_invoke();
+        inv.key(image_key(n))
+            .key(lease_key(n))
+            .arg(holder.as_str())
+            .arg(now.0)
+            .arg(expires.0)
+            .arg(encode(&n)?)
+            .arg(encode(&holder.as_str())?);
+        let r = self.invoke(&inv).await?;
+        let num = |i: usize| r.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        match r.first().map(String::as_str) {
+            Some("ok") => Ok(Lease {
+                holder: holder.clone(),
+                generation: num(1),
+                expires,
+            }),
+            Some("missing") => Err(Error::ImageNotFound(name.clone())),
+            _ => Err(Error::LeaseHeld {
+                image: name.clone(),
+                holder: NodeId::new(r.get(1).cloned().unwrap_or_default()).map_err(|e| {
+                    Error::CorruptRecord {
+                        key: lease_key(n),
+                        why: e.to_string(),
+                    }
+                })?,
+                generation: num(2),
+                expires: UnixMillis(num(3)),
+            }),
+        }
+    }
+
+    async fn renew_lease(
+        &self,
+        name: &ImageName,
+        holder: &NodeId,
+        generation: u64,
+        ttl_ms: u64,
+        now: UnixMillis,
+    ) -> Result<Lease> {
+        let expires = now.plus(ttl_ms);
+        self.lease_op("renew", name, holder, generation, expires)
+            .await?;
+        Ok(Lease {
+            holder: holder.clone(),
+            generation,
+            expires,
+        })
+    }
+
+    async fn release_lease(
+        &self,
+        name: &ImageName,
+        holder: &NodeId,
+        generation: u64,
+    ) -> Result<()> {
+        self.lease_op("release", name, holder, generation, UnixMillis(0))
+            .await
+    }
+
+    async fn get_lease(&self, name: &ImageName) -> Result<Option<Lease>> {
+        let mut con = self.con.clone();
+        let n = name.as_str();
+        let (exists, (holder, generation, expires)): (
+            bool,
+            (Option<String>, Option<u64>, Option<u64>),
+        ) = redis::pipe()
+            .atomic()
+            .exists(image_key(n))
+            .cmd("HMGET")
+            .arg(lease_key(n))
+            .arg("holder")
+            .arg("generation")
+            .arg("expires")
+            .query_async(&mut con)
+            .await
+            .map_err(|e| self.err(e))?;
+        if !exists {
+            return Err(Error::ImageNotFound(name.clone()));
+        }
+        match (holder, generation, expires) {
+            (Some(h), Some(generation), Some(expires)) => Ok(Some(Lease {
+                holder: NodeId::new(h).map_err(|e| Error::CorruptRecord {
+                    key: lease_key(n),
+                    why: e.to_string(),
+                })?,
+                generation,
+                expires: UnixMillis(expires),
+            })),
+            _ => Ok(None),
+        }
+    }
+
+    async fn al_add(&self, name: &ImageName, generation: u64, extents: &[u64]) -> Result<()> {
+        self.al_op("add", name, generation, None, extents)
+            .await
+            .map(drop)
+    }
+
+    async fn al_remove(&self, name: &ImageName, generation: u64, extents: &[u64]) -> Result<()> {
+        self.al_op("rem", name, generation, None, extents)
+            .await
+            .map(drop)
+    }
+
+    async fn al_get(&self, name: &ImageName) -> Result<ActivityLog> {
+        let mut con = self.con.clone();
+        let n = name.as_str();
+        let (exists, (generation, size), extents): (
+            bool,
+            (Option<u64>, Option<u64>),
+            std::collections::BTreeSet<u64>,
+        ) = redis::pipe()
+            .atomic()
+            .exists(image_key(n))
+            .cmd("HMGET")
+            .arg(al_key(n))
+            .arg("generation")
+            .arg("extent_size")
+            .smembers(al_set_key(n))
+            .query_async(&mut con)
+            .await
+            .map_err(|e| self.err(e))?;
+        if !exists {
+            return Err(Error::ImageNotFound(name.clone()));
+        }
+        Ok(match (generation, size) {
+            (Some(generation), Some(size)) => ActivityLog {
+                generation,
+                extent_size: ByteSize(size),
+                extents,
+            },
+            _ => ActivityLog::default(),
+        })
+    }
+
+    async fn al_reset(
+        &self,
+        name: &ImageName,
+        generation: u64,
+        extent_size: ByteSize,
+        extents: &[u64],
+    ) -> Result<ActivityLog> {
+        super::embedded::check_extent_size(extent_size)?;
+        let r = self
+            .al_op("reset", name, generation, Some(extent_size), extents)
+            .await?;
+        let bad = |why: &str| Error::CorruptRecord {
+            key: al_key(name.as_str()),
+            why: why.into(),
+        };
+        let old_generation: u64 = r
+            .get(1)
+            .and_then(|g| g.parse().ok())
+            .ok_or_else(|| bad("bad generation"))?;
+        if old_generation == 0 {
+            return Ok(ActivityLog::default());
+        }
+        Ok(ActivityLog {
+            generation: old_generation,
+            extent_size: ByteSize(
+                r.get(2)
+                    .and_then(|s| s.parse().ok())
+                    .ok_or_else(|| bad("bad extent size"))?,
+            ),
+            extents: r[3..]
+                .iter()
+                .map(|e| e.parse().map_err(|_| bad("bad extent")))
+                .collect::<Result<_>>()?,
+        })
     }
 }

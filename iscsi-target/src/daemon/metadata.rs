@@ -273,7 +273,7 @@ impl StoreSync {
                 }
                 self.collect_units(&mut st);
             }
-            Change::Doc { .. } => {}
+            Change::Doc { .. } | Change::Dirty { .. } | Change::Lease { .. } => {}
         }
         Ok(())
     }
