@@ -84,12 +84,17 @@ async fn ukai_walkthrough_on_redis() {
     );
     assert_eq!(store.load_image(&name).await.ok(), Some(before));
 
-    // 4. Mark B in sync through the model's API (what resync will do).
+    // 4. Mark B in sync through the model's API, the way resync will:
+    //    out-of-sync -> syncing -> in-sync (the direct step is refused).
     let e = ops::set_sync_state(&store, &name, &n("C"), None, None, SyncState::InSync).await;
     assert_eq!(e.err().map(|e| e.kind()), Some(ErrorKind::NotFound));
-    ops::set_sync_state(&store, &name, &n("B"), None, None, SyncState::InSync)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let e = ops::set_sync_state(&store, &name, &n("B"), None, None, SyncState::InSync).await;
+    assert_eq!(e.err().map(|e| e.kind()), Some(ErrorKind::Refused));
+    for state in [SyncState::Syncing, SyncState::InSync] {
+        ops::set_sync_state(&store, &name, &n("B"), None, None, state)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
     let r = store
         .load_image(&name)
         .await

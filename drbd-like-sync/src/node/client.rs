@@ -251,11 +251,17 @@ impl PeerClient {
 }
 
 /// Sends queued requests, as many per write as are waiting.
-async fn send_loop(mut wr: tokio::net::tcp::OwnedWriteHalf, mut rx: mpsc::UnboundedReceiver<Message>) {
+async fn send_loop(
+    mut wr: tokio::net::tcp::OwnedWriteHalf,
+    mut rx: mpsc::UnboundedReceiver<Message>,
+) {
     let mut scratch = BytesMut::new();
     let mut batch = Vec::with_capacity(64);
     while rx.recv_many(&mut batch, 64).await > 0 {
-        if wire::write_all(&mut wr, &batch, &mut scratch).await.is_err() {
+        if wire::write_all(&mut wr, &batch, &mut scratch)
+            .await
+            .is_err()
+        {
             return;
         }
         batch.clear();
@@ -264,7 +270,10 @@ async fn send_loop(mut wr: tokio::net::tcp::OwnedWriteHalf, mut rx: mpsc::Unboun
 
 /// Hands each response to its waiter; ends (failing every waiter) when the
 /// connection does.
-async fn receive_loop(mut reader: FrameReader<tokio::net::tcp::OwnedReadHalf>, waiters: Arc<Waiters>) {
+async fn receive_loop(
+    mut reader: FrameReader<tokio::net::tcp::OwnedReadHalf>,
+    waiters: Arc<Waiters>,
+) {
     loop {
         let resp = match reader.next().await {
             Ok(Message::Response(r)) => r,
@@ -279,9 +288,9 @@ async fn receive_loop(mut reader: FrameReader<tokio::net::tcp::OwnedReadHalf>, w
             Err(_) => break,
         };
         let (id, last) = match &resp {
-            Response::Ok { id, .. } | Response::Checksums { id, .. } | Response::StreamEnd { id } => {
-                (*id, true)
-            }
+            Response::Ok { id, .. }
+            | Response::Checksums { id, .. }
+            | Response::StreamEnd { id } => (*id, true),
             Response::Error(e) => (e.id, true),
             Response::StreamChunk { id, .. } | Response::StreamHole { id, .. } => (*id, false),
         };

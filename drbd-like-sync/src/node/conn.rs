@@ -150,7 +150,10 @@ async fn write_responses(mut wr: tokio::net::tcp::OwnedWriteHalf, mut rx: mpsc::
     let mut scratch = BytesMut::new();
     let mut batch = Vec::with_capacity(64);
     while rx.recv_many(&mut batch, 64).await > 0 {
-        if wire::write_all(&mut wr, &batch, &mut scratch).await.is_err() {
+        if wire::write_all(&mut wr, &batch, &mut scratch)
+            .await
+            .is_err()
+        {
             return;
         }
         batch.clear();
@@ -214,7 +217,12 @@ async fn run_op(
     let _admitted = copy.admit(req.generation).await?;
     let b = copy.backend();
     let id = req.id;
-    let max_data = u64::from(node.cfg.limits.max_body_len.saturating_sub(crate::proto::BODY_OVERHEAD));
+    let max_data = u64::from(
+        node.cfg
+            .limits
+            .max_body_len
+            .saturating_sub(crate::proto::BODY_OVERHEAD),
+    );
     let too_big = |len: u64| -> Result<(), CopyError> {
         if len > max_data {
             return Err(StorageError::OutOfRange {

@@ -52,7 +52,9 @@ pub enum CopyError {
     #[error(transparent)]
     Storage(#[from] StorageError),
     /// The operation carries an older generation than the copy has seen.
-    #[error("fenced: generation {seen} is older than generation {current} that this copy has seen")]
+    #[error(
+        "fenced: generation {seen} is older than generation {current} that this copy has seen"
+    )]
     Fenced {
         /// The operation's generation.
         seen: u64,
@@ -182,10 +184,7 @@ impl ImageCopy {
         loop {
             let current = self.generation();
             if g < current {
-                return Err(CopyError::Fenced {
-                    seen: g,
-                    current,
-                });
+                return Err(CopyError::Fenced { seen: g, current });
             }
             if g == current {
                 let guard = self.ops.read().await;
@@ -237,7 +236,9 @@ async fn write_generation(path: &Path, g: u64) -> Result<(), StorageError> {
         f.sync_all().map_err(io)?;
         std::fs::rename(&tmp, &path).map_err(io)?;
         if let Some(dir) = path.parent() {
-            std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io)?;
         }
         Ok(())
     })

@@ -85,7 +85,11 @@ impl StorageNode {
 /// Accepts replication connections on `listener` until `shutdown` becomes
 /// true, then stops accepting, closes the connections and flushes every
 /// copy.
-pub async fn serve(listener: TcpListener, node: Arc<StorageNode>, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(
+    listener: TcpListener,
+    node: Arc<StorageNode>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut conns = tokio::task::JoinSet::new();
     loop {
         tokio::select! {

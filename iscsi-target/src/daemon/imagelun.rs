@@ -360,12 +360,10 @@ mod tests {
         let mut rec = record(&["b"]);
         rec.add_location(&n("a"), BlockRange::new(0, 4).expect("range"))
             .expect("add");
-        rec.set_sync_state(
-            &n("a"),
-            BlockRange::new(0, 4).expect("range"),
-            SyncState::InSync,
-        )
-        .expect("sync");
+        for state in [SyncState::Syncing, SyncState::InSync] {
+            rec.set_sync_state(&n("a"), BlockRange::new(0, 4).expect("range"), state)
+                .expect("sync");
+        }
         let msg = check_placement(&rec, &n("a")).unwrap_err().to_string();
         assert!(msg.contains("blocks 4-15"), "{msg}");
     }
@@ -377,8 +375,10 @@ mod tests {
             .expect("add");
         let e = check_placement(&rec, &n("a")).unwrap_err();
         assert!(matches!(e, PlacementError::NotInSync { .. }), "{e:?}");
-        rec.set_sync_state(&n("a"), rec.image.all_blocks(), SyncState::InSync)
-            .expect("sync");
+        for state in [SyncState::Syncing, SyncState::InSync] {
+            rec.set_sync_state(&n("a"), rec.image.all_blocks(), state)
+                .expect("sync");
+        }
         assert_eq!(check_placement(&rec, &n("a")), Ok(()));
         // 4 MiB blocks, 64 KiB granularity: a dirty byte in block 5.
         rec.mark_bytes(&n("a"), 5 * 4 * 1024 * 1024 + 10, 1, true)
