@@ -352,16 +352,21 @@ async fn scenario(admin: Arc<dyn MetadataStore>, daemon: Arc<dyn MetadataStore>)
     )
     .await
     .expect("add location");
-    ops::set_sync_state(
-        admin,
-        &name("remote"),
-        &NodeId::new(NODE).expect("id"),
-        None,
-        None,
+    for state in [
+        blockmap::placement::SyncState::Syncing,
         blockmap::placement::SyncState::InSync,
-    )
-    .await
-    .expect("mark in sync");
+    ] {
+        ops::set_sync_state(
+            admin,
+            &name("remote"),
+            &NodeId::new(NODE).expect("id"),
+            None,
+            None,
+            state,
+        )
+        .await
+        .expect("mark in sync");
+    }
     wait_for("LUN 1 served", || scsi.lun(1).is_some()).await;
     assert!(d.sync.problems().is_empty(), "{:?}", d.sync.problems());
 

@@ -137,9 +137,10 @@ async fn ukai_walkthrough_on_redis() {
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(left.is_empty(), "keys left behind: {left:?}");
 
-    // The change feed saw every step: 2 nodes, create, add, set, remove, destroy.
+    // The change feed saw every step: 2 nodes, create, add, set (syncing,
+    // then in-sync), remove, destroy.
     let mut seen = Vec::new();
-    while seen.len() < 7 {
+    while seen.len() < 8 {
         let c = tokio::time::timeout(std::time::Duration::from_secs(10), feed.next())
             .await
             .unwrap_or_else(|_| panic!("change feed stalled after {seen:?}"));

@@ -72,8 +72,12 @@ impl RedisServer {
                 "127.0.0.1",
                 "--save",
                 "",
+                // Durability as the write path needs it: a dirty mark is
+                // durable only once Redis has fsynced it (invariant 1).
                 "--appendonly",
-                "no",
+                "yes",
+                "--appendfsync",
+                "always",
             ])
             .arg("--dir")
             .arg(dir.path())

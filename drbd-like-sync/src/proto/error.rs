@@ -106,7 +106,7 @@ pub enum ProtoError {
         opcode: Opcode,
         /// Why the name is invalid.
         #[source]
-        source: blockmap::Error,
+        source: Box<blockmap::Error>,
     },
     /// A `text` field longer than [`MAX_TEXT_LEN`](super::MAX_TEXT_LEN) or
     /// not UTF-8.

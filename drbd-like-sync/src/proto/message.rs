@@ -388,10 +388,10 @@ fn hello_prefix(r: &mut Reader) -> Result<(u16, NodeId), ProtoError> {
     }
     let version = r.u16()?;
     let opcode = r.opcode();
-    let node_id = NodeId::new(r.name()?).map_err(|source| ProtoError::BadName {
+    let node_id = NodeId::new(r.name()?).map_err(|e| ProtoError::BadName {
         what: "node id",
         opcode,
-        source,
+        source: Box::new(e),
     })?;
     Ok((version, node_id))
 }
@@ -405,10 +405,10 @@ fn put_hello_prefix(out: &mut BytesMut, version: u16, node_id: &NodeId) {
 fn decode_request(r: &mut Reader) -> Result<Request, ProtoError> {
     let opcode = r.opcode();
     let id = RequestId(r.u64()?);
-    let image = ImageName::new(r.name()?).map_err(|source| ProtoError::BadName {
+    let image = ImageName::new(r.name()?).map_err(|e| ProtoError::BadName {
         what: "image name",
         opcode,
-        source,
+        source: Box::new(e),
     })?;
     let generation = Generation(r.u64()?);
     let op = match opcode {
