@@ -35,6 +35,10 @@ impl fmt::Display for NodeState {
     }
 }
 
+/// A heartbeat older than this (three missed beats of `locusd`'s 5 s
+/// interval) means the node is down, whatever its recorded state.
+pub const HEARTBEAT_STALE_SECS: u64 = 15;
+
 /// A node of the cluster.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Node {
@@ -82,11 +86,57 @@ impl Node {
         })
     }
 
+    /// The state that liveness shows at `now`: a node recorded up whose
+    /// last heartbeat is older than [`HEARTBEAT_STALE_SECS`] (or that never
+    /// sent one) is down; `locusd` beats every 5 s while it runs.
+    pub fn live_state(&self, now: UnixTime) -> NodeState {
+        let fresh = self
+            .last_heartbeat
+            .is_some_and(|t| now.0.saturating_sub(t.0) <= HEARTBEAT_STALE_SECS);
+        match self.state {
+            NodeState::Up if !fresh => NodeState::Down,
+            s => s,
+        }
+    }
+
     /// Changes state, recording when.
     pub fn set_state(&mut self, state: NodeState) {
         if self.state != state {
             self.state = state;
             self.state_since = UnixTime::now();
         }
+    }
+}
+
+#[cfg(test)]
+mod liveness_tests {
+    use super::*;
+
+    #[test]
+    fn up_only_while_heartbeats_are_fresh() {
+        let mut n = Node::new(
+            NodeId::new("a").unwrap(),
+            "127.0.0.1:7900",
+            None,
+            ByteSize(0),
+        )
+        .unwrap();
+        let t = UnixTime(1_000_000);
+        assert_eq!(n.live_state(t), NodeState::Down, "never beat");
+        n.last_heartbeat = Some(t);
+        assert_eq!(
+            n.live_state(UnixTime(t.0 + HEARTBEAT_STALE_SECS)),
+            NodeState::Up
+        );
+        assert_eq!(
+            n.live_state(UnixTime(t.0 + HEARTBEAT_STALE_SECS + 1)),
+            NodeState::Down
+        );
+        n.set_state(NodeState::Standby);
+        assert_eq!(
+            n.live_state(t),
+            NodeState::Standby,
+            "a recorded state other than up stays"
+        );
     }
 }

@@ -434,6 +434,11 @@ pub async fn set_chap(store: &dyn MetadataStore, iqn: &Iqn, chap: Option<Chap>) 
 pub struct NodeStatus {
     /// The node.
     pub node: Node,
+    /// Its state by liveness ([`Node::live_state`]): up only while its
+    /// heartbeats are fresh.
+    pub state: NodeState,
+    /// Seconds since its last heartbeat, if it ever sent one.
+    pub heartbeat_age_secs: Option<u64>,
     /// Bytes of image blocks stored on it.
     pub used: ByteSize,
     /// Capacity minus used (0 when capacity is unknown).
@@ -447,12 +452,15 @@ pub struct NodeStatus {
 /// Every node with its usage and the images it stores and serves.
 pub async fn cluster_status(store: &dyn MetadataStore) -> Result<Vec<NodeStatus>> {
     let nodes = list_nodes(store).await?;
+    let now = UnixTime::now();
     let mut rows: BTreeMap<NodeId, NodeStatus> = nodes
         .into_iter()
         .map(|n| {
             (
                 n.id.clone(),
                 NodeStatus {
+                    state: n.live_state(now),
+                    heartbeat_age_secs: n.last_heartbeat.map(|t| now.0.saturating_sub(t.0)),
                     node: n,
                     used: ByteSize(0),
                     free: ByteSize(0),

@@ -11,6 +11,10 @@ use clap::Subcommand;
 #[derive(Debug, Subcommand)]
 pub enum ClusterCmd {
     /// Every node: state, used and free storage, images it stores and serves.
+    ///
+    /// STATE comes from liveness: a node is up only while its locusd
+    /// refreshes its heartbeat (every 5 s); one silent for more than 15 s,
+    /// or that never ran, shows as down.
     Status,
 }
 
@@ -27,7 +31,7 @@ pub async fn run(s: &dyn MetadataStore, out: Out, cmd: ClusterCmd) -> CliResult 
                 for r in &rows {
                     t.row(vec![
                         r.node.id.to_string(),
-                        r.node.state.to_string(),
+                        r.state.to_string(),
                         r.node.site.clone().unwrap_or_else(|| "-".into()),
                         r.node.address.clone(),
                         r.node.capacity.human(),

@@ -147,7 +147,8 @@ pub async fn run(s: &dyn MetadataStore, out: Out, cmd: ImageCmd) -> CliResult {
         }
         ImageCmd::Info { name } => {
             let rec = s.load_image(&parse(&name)?).await?;
-            let info = Info::of(&rec);
+            let mut info = Info::of(&rec);
+            info.lease = s.get_lease(&rec.image.name).await?;
             out.emit(&info, || info.print());
         }
         ImageCmd::Sync { image, start, end } => {
@@ -176,6 +177,9 @@ pub struct Info {
     pub version: u64,
     /// Placement runs.
     pub placement: Vec<blockmap::record::RunSummary>,
+    /// The write lease as stored (`holder`, `generation`, `expires` in Unix
+    /// milliseconds), possibly expired; `null` when no writer took it yet.
+    pub lease: Option<blockmap::writer::Lease>,
 }
 
 impl Info {
@@ -185,6 +189,7 @@ impl Info {
             blocks: rec.image.block_count(),
             version: rec.version,
             placement: rec.summary(),
+            lease: None,
         }
     }
 
@@ -202,6 +207,7 @@ impl Info {
         println!("granularity  {}", i.granularity);
         println!("generation   {}", i.generation);
         println!("hypervisors  {}", list(&i.hypervisors));
+        println!("lease        {}", lease_line(self.lease.as_ref()));
         println!("version      {}", self.version);
         println!();
         let mut t = Table::new(&["BLOCKS", "COUNT", "LOCATIONS"]);
@@ -222,4 +228,18 @@ impl Info {
         }
         t.print("no placement");
     }
+}
+
+/// "held by N, generation G, expires in 7.2s", "expired ...", or "free".
+fn lease_line(lease: Option<&blockmap::writer::Lease>) -> String {
+    let Some(l) = lease else {
+        return "free (no writer has taken it)".into();
+    };
+    let now = blockmap::types::UnixMillis::now().0;
+    let when = if l.expires.0 > now {
+        format!("expires in {:.1}s", (l.expires.0 - now) as f64 / 1000.0)
+    } else {
+        format!("expired {:.1}s ago", (now - l.expires.0) as f64 / 1000.0)
+    };
+    format!("held by {}, generation {}, {when}", l.holder, l.generation)
 }
