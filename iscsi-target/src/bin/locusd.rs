@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use iscsi_target::daemon::config::Config;
+use iscsi_target::daemon::config::{Config, Role};
 use tokio::net::TcpListener;
 
 /// Locus iSCSI target daemon.
@@ -16,6 +16,10 @@ use tokio::net::TcpListener;
 /// (--config) declares more targets, LUNs, ACLs and CHAP; see the README.
 /// Stop it with SIGTERM or Ctrl-C: initiators are asked to log out, running
 /// commands finish, and every LUN is flushed.
+///
+/// In a cluster (--metadata redis://... --node ID), it also serves this
+/// node's copies of images to peers on its replication address when given
+/// --cluster-secret-file; --role storage runs that alone.
 #[derive(Parser, Debug)]
 #[command(name = "locusd", version)]
 struct Args {
@@ -38,6 +42,19 @@ struct Args {
     /// This node's id in the node registry (default: the host name).
     #[arg(long, value_name = "ID")]
     node: Option<String>,
+    /// Roles to run: `both` (the iSCSI portal, and the storage role when a
+    /// store and a cluster secret are given) or `storage` (serve copies to
+    /// peers only, no portal).
+    #[arg(long, value_name = "ROLE")]
+    role: Option<iscsi_target::daemon::config::Role>,
+    /// Where the storage role listens for peers (default: the --address
+    /// this node was registered with, `locus node add ID --address ...`).
+    #[arg(long, value_name = "ADDR")]
+    replication_listen: Option<SocketAddr>,
+    /// File with the cluster secret that replication peers must prove
+    /// (HMAC-SHA-256, both ways); at least 16 bytes.
+    #[arg(long, value_name = "FILE", env = "LOCUS_CLUSTER_SECRET_FILE")]
+    cluster_secret_file: Option<PathBuf>,
 }
 
 fn main() -> Result<()> {
@@ -69,6 +86,15 @@ fn main() -> Result<()> {
     if args.node.is_some() {
         cfg.node = args.node;
     }
+    if let Some(r) = args.role {
+        cfg.role = r;
+    }
+    if args.replication_listen.is_some() {
+        cfg.replication_listen = args.replication_listen;
+    }
+    if args.cluster_secret_file.is_some() {
+        cfg.cluster_secret_file = args.cluster_secret_file;
+    }
     cfg.apply_env(|k| std::env::var(k).ok());
     cfg.validate()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -93,7 +119,11 @@ fn tune_malloc() {
 
 async fn serve(cfg: Config) -> Result<()> {
     let mut listeners = Vec::new();
-    for addr in &cfg.listen {
+    let portals = match cfg.role {
+        Role::Both => cfg.listen.clone(),
+        Role::Storage => Vec::new(),
+    };
+    for addr in &portals {
         let l = TcpListener::bind(addr).await.with_context(|| {
             format!("cannot listen on {addr} (is another target running there?)")
         })?;

@@ -101,9 +101,42 @@ pub struct Config {
     /// This node's id in the node registry (default: the host name).
     #[serde(default)]
     pub node: Option<String>,
+    /// Which roles this node runs: both (default) or the storage role alone.
+    #[serde(default)]
+    pub role: Role,
+    /// Where the storage role listens for peers; default: the address this
+    /// node is registered with in the node registry.
+    #[serde(default)]
+    pub replication_listen: Option<SocketAddr>,
+    /// The file holding the cluster secret that replication peers prove.
+    #[serde(default)]
+    pub cluster_secret_file: Option<PathBuf>,
     /// Targets.
     #[serde(default, rename = "target")]
     pub targets: Vec<TargetConfig>,
+}
+
+/// The roles a `locusd` runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// The iSCSI portal (target role) and, with a store and a cluster
+    /// secret, the storage role.
+    #[default]
+    Both,
+    /// Only the storage role: no iSCSI portal.
+    Storage,
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "both" => Ok(Role::Both),
+            "storage" => Ok(Role::Storage),
+            _ => Err(format!("role {s:?} is not one of both, storage")),
+        }
+    }
 }
 
 /// One target.
@@ -213,6 +246,9 @@ impl Default for Config {
             nop_timeout_secs: default_nop_timeout(),
             metadata: None,
             node: None,
+            role: Role::Both,
+            replication_listen: None,
+            cluster_secret_file: None,
             targets: vec![TargetConfig {
                 name: DEFAULT_TARGET.into(),
                 alias: Some("Locus default target".into()),

@@ -13,6 +13,7 @@ pub mod config;
 pub mod heartbeat;
 pub mod imagelun;
 pub mod metadata;
+pub mod storage_role;
 pub mod targets;
 
 use std::sync::Arc;
@@ -65,6 +66,12 @@ pub enum DaemonError {
     /// A configured target or LUN could not be built.
     #[error(transparent)]
     Targets(#[from] TargetSetupError),
+    /// The storage role cannot start (secret, address, store).
+    #[error(transparent)]
+    StorageRole(#[from] storage_role::StorageRoleError),
+    /// The node id is not a valid node name.
+    #[error("invalid node id")]
+    NodeId(#[source] blockmap::Error),
     /// The metadata store could not be opened or read at start.
     #[error("cannot serve the targets of the metadata store {url} (--metadata / LOCUS_METADATA)")]
     Store {
@@ -86,19 +93,49 @@ pub async fn run(
     listeners: Vec<TcpListener>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), DaemonError> {
-    let targets = build_targets(&cfg, &listeners)?;
-    let mut store_tasks = Vec::new();
-    if let Some(url) = &cfg.metadata {
-        let node = cfg.node.clone().unwrap_or_else(metadata::default_node_id);
-        let (sync, task) = metadata::start(url, &node, targets.clone(), &cfg, shutdown.clone())
+    let node_name = cfg.node.clone().unwrap_or_else(metadata::default_node_id);
+    let node = blockmap::types::NodeId::new(node_name.as_str()).map_err(DaemonError::NodeId)?;
+    let mut tasks = Vec::new();
+    if let Some(role) = storage_role::prepare(&cfg, cfg.metadata.as_deref(), &node).await? {
+        tasks.push(tokio::spawn(drbd_like_sync::node::serve(
+            role.listener,
+            role.node,
+            shutdown.clone(),
+        )));
+    }
+    if cfg.role == config::Role::Storage {
+        // The storage role alone: no portal, no targets; the node still
+        // beats so `locus cluster status` shows it up.
+        let url = cfg.metadata.clone().unwrap_or_default();
+        let store = metadata::open_store(&url)
             .await
-            .map_err(|source| DaemonError::Store {
-                url: url.clone(),
-                source,
-            })?;
+            .map_err(|source| DaemonError::Store { url, source })?;
+        tasks.push(tokio::spawn(heartbeat::run(
+            move || Arc::clone(&store),
+            node,
+            shutdown,
+        )));
+        for task in tasks {
+            let _ = task.await;
+        }
+        return Ok(());
+    }
+    let targets = build_targets(&cfg, &listeners)?;
+    if let Some(url) = &cfg.metadata {
+        let (sync, task) =
+            metadata::start(url, &node_name, targets.clone(), &cfg, shutdown.clone())
+                .await
+                .map_err(|source| DaemonError::Store {
+                    url: url.clone(),
+                    source,
+                })?;
         tracing::info!(node = %node, "serving the targets of the metadata store too");
-        store_tasks.push(task);
-        store_tasks.push(tokio::spawn(heartbeat::run(sync, shutdown.clone())));
+        tasks.push(task);
+        tasks.push(tokio::spawn(heartbeat::run(
+            move || sync.store(),
+            node,
+            shutdown.clone(),
+        )));
     }
     for l in &listeners {
         if let Ok(addr) = l.local_addr() {
@@ -112,9 +149,10 @@ pub async fn run(
         );
     }
     serve(&cfg, targets, listeners, shutdown).await;
-    // The feed loop and the heartbeat end on the same shutdown signal; the
-    // heartbeat records the node as down on its way out.
-    for task in store_tasks {
+    // The feed loop, the heartbeat and the storage role end on the same
+    // shutdown signal; the heartbeat records the node as down on its way
+    // out, and the storage role flushes its copies.
+    for task in tasks {
         let _ = task.await;
     }
     Ok(())

@@ -85,3 +85,68 @@ pub fn built_binary(name: &str) -> std::path::PathBuf {
     );
     path
 }
+
+/// A free loopback TCP port (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("no free port: {e}"))
+}
+
+/// A `locusd` child process with its own data dir; killed (SIGKILL) on
+/// drop unless it was stopped before.
+pub struct Locusd {
+    /// The process.
+    pub child: std::process::Child,
+    /// Its data dir.
+    pub dir: tempfile::TempDir,
+    /// Its stderr log file.
+    pub log: std::path::PathBuf,
+}
+
+impl Locusd {
+    /// Starts `locusd ARGS --data-dir DIR` with stderr to `DIR/locusd.log`.
+    pub fn start(dir: tempfile::TempDir, args: &[&str]) -> Locusd {
+        let log = dir.path().join("locusd.log");
+        let err = std::fs::File::create(&log).unwrap_or_else(|e| panic!("log file: {e}"));
+        let child = Command::new(built_binary("locusd"))
+            .env_remove("LOCUS_METADATA")
+            .env_remove("LOCUS_CLUSTER_SECRET_FILE")
+            .args(args)
+            .arg("--data-dir")
+            .arg(dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start locusd: {e}"));
+        Locusd { child, dir, log }
+    }
+
+    /// Waits until `addr` accepts connections (or the process exits).
+    pub fn wait_listening(&mut self, addr: std::net::SocketAddr) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while std::time::Instant::now() < deadline {
+            if std::net::TcpStream::connect(addr).is_ok() {
+                return;
+            }
+            if let Ok(Some(st)) = self.child.try_wait() {
+                panic!("locusd exited with {st}: {}", self.log_text());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        panic!("locusd did not listen on {addr}: {}", self.log_text());
+    }
+
+    /// What it logged so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Locusd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
