@@ -254,6 +254,9 @@ impl Remote<'_> {
     }
 
     /// Sends every request at once, then collects the answers in order.
+    /// A timeout or a lost connection drops the client, so the next call
+    /// reconnects (a closed client would otherwise keep a dead socket and
+    /// let every later call wait out the timeout).
     async fn exchange(&self, node: &NodeId, requests: Vec<Op>) -> Result<Vec<Bytes>, CopyFailure> {
         let started = Instant::now();
         let mut used = None;
@@ -304,6 +307,8 @@ impl Remote<'_> {
         };
         match &res {
             Ok(_) => self.peers.record_latency(node, started.elapsed()),
+            // Latency counts successes only: a timeout says nothing about
+            // how fast the peer is once it answers again.
             Err(f) if f.connection_suspect() => {
                 if let Some(c) = &used {
                     self.peers.forget(node, c).await;

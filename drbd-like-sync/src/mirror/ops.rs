@@ -79,18 +79,26 @@ impl Inner {
             return Ok(());
         }
         self.check_fenced(what)?;
+        // Held until every task of this write has ended (see `drive`), so an
+        // overlapping write cannot overtake it on any copy.
         let _held = self.lock.lock(range).await;
+        // The views are taken under the lock: a mark made by the previous
+        // overlapping write is already in the cache.
         let views = self.cache.block_views(range);
         let plan = WritePlan::new(range, &views).map_err(|e| io_error(what, e.to_string()))?;
         let sends = plan.sends().clone();
         let (tracker, first) = plan.start();
         let mut tasks = JoinSet::new();
+        // Up-front marks (partly dirty copies) and the data go out together:
+        // the core only needs both settled before GOOD, not in order.
         for m in first {
             self.spawn_mark(&mut tasks, m);
         }
         for (node, ranges) in sends {
             self.spawn_copy(&mut tasks, node, ranges, op.clone());
         }
+        // A FUA write is stable on every copy that accepted it; anything
+        // else waits in the copies' caches for the next flush.
         let durable = matches!(op, CopyOp::Write { fua: true, .. });
         self.drive(tracker, tasks, what, !durable).await
     }
@@ -98,6 +106,9 @@ impl Inner {
     /// Flushes every copy that is in sync anywhere (invariant 2).
     pub(crate) async fn flush(self: Arc<Self>) -> Result<(), StorageError> {
         self.check_fenced("flush")?;
+        // Taken out now: writes accepted after this point belong to the
+        // next flush. A copy whose flush fails has these ranges marked by
+        // the tracker; one that flushes has made them stable.
         let copies: BTreeMap<NodeId, Vec<ByteRange>> = {
             let mut unflushed = self.unflushed.lock().unwrap_or_else(|e| e.into_inner());
             self.cache
@@ -129,6 +140,8 @@ impl Inner {
         let me = Arc::clone(self);
         tasks.spawn(async move {
             let started = Instant::now();
+            // The local copy goes straight to its engine, behind the same
+            // generation gate a remote node applies; peers over the wire.
             let res = if node == me.node {
                 match &me.local {
                     Some(l) => {
@@ -236,6 +249,9 @@ impl Inner {
                 }
                 Event::Copy(node, _, Err(f)) => {
                     tracing::warn!(op = what, %node, reason = %f.message, "copy failed");
+                    // Fenced: another writer holds the image. The tracker
+                    // still sees an ordinary failure (its rule), but this
+                    // mirror stops acknowledging for good.
                     if f.reason == FailReason::Fenced {
                         seen.fenced = true;
                         self.fenced.store(true, Ordering::Release);
@@ -251,6 +267,8 @@ impl Inner {
                     AckEvent::MarkFailed(node)
                 }
             };
+            // The core decides; the shell performs the marks it asks for,
+            // even after the status is known (a failed copy is always marked).
             match tracker.step(ack) {
                 Ok(step) => {
                     for m in step.marks {
@@ -276,6 +294,8 @@ impl Inner {
                         format!("copy {n} failed and its out-of-sync mark could not be made")
                     }
                 };
+                // NoSpace only when nobody took it and every failure was
+                // out of space, so the initiator sees the real cause.
                 let all_no_space =
                     seen.accepted == 0 && !seen.failed.is_empty() && seen.failed.iter().all(|n| *n);
                 if all_no_space {
@@ -303,6 +323,8 @@ impl Inner {
         let pieces = self.cache.read_pieces(range);
         let mut parts = Vec::with_capacity(pieces.len());
         for (r, nodes) in pieces {
+            // Only in-sync copies are candidates; the core orders them
+            // (local, same site, latency).
             let copies: Vec<ReadCopy> = nodes
                 .into_iter()
                 .map(|n| ReadCopy {
@@ -320,6 +342,7 @@ impl Inner {
                 ReadChoice::new(r, &place, &copies).map_err(|e| io_error("read", e.to_string()))?;
             parts.push(self.read_piece(choice, r).await?);
         }
+        // One piece (the usual case): hand its buffer over without a copy.
         if parts.len() == 1 {
             return Ok(parts.remove(0));
         }
