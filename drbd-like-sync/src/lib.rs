@@ -13,11 +13,15 @@
 //! - [`node`]: the storage role: serves this node's copies to peers, each
 //!   operation checked against the copy's writer generation; and the client
 //!   that reaches it.
+//! - [`mirror`]: the target role's mirrored [`storage::BlockBackend`] of one
+//!   image: writes fanned out to every in-sync copy under the core's ack
+//!   rule, reads from the nearest in-sync copy.
 //!
 //! Mirroring, out-of-sync tracking and resync are built on these; this
 //! crate knows nothing about iSCSI or SCSI.
 
 pub mod core;
+pub mod mirror;
 pub mod node;
 pub mod proto;
 pub mod storage;

@@ -1,0 +1,296 @@
+//! The mirror's cached [`ImageRecord`] (placement and dirty bits) and what
+//! it answers: the [`BlockView`]s of a write, the in-sync copies of a read.
+//!
+//! Owns the cache and its upkeep from the change feed: a
+//! [`Change::Dirty`] whose version follows the cached one is applied in
+//! place, anything else newer reloads the record. The mirror also applies
+//! its own marks here the moment it asks for them, so the next write or
+//! read already treats the copy as dirty (conservative: a mark that later
+//! fails leaves the cache dirtier than the store, never cleaner).
+//!
+//! Knows nothing of copies, sockets or the ack rule; it never calls the
+//! store on the I/O path (only on reload).
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use blockmap::change::Change;
+use blockmap::placement::SyncState;
+use blockmap::record::ImageRecord;
+use blockmap::store::{ChangeFeed, MetadataStore};
+use blockmap::types::{BlockIndex, ImageName, NodeId};
+
+use crate::core::write::{BlockView, CopyState, LocationView};
+use crate::core::ByteRange;
+
+/// How far [`PlacementCache::in_sync_extent`] looks ahead, in blocks.
+const EXTENT_SCAN_BLOCKS: u64 = 1024;
+
+/// The cached record of one image.
+pub(crate) struct PlacementCache {
+    name: ImageName,
+    store: Arc<dyn MetadataStore>,
+    rec: RwLock<ImageRecord>,
+}
+
+impl PlacementCache {
+    /// A cache starting from `rec`.
+    pub(crate) fn new(store: Arc<dyn MetadataStore>, rec: ImageRecord) -> Self {
+        PlacementCache {
+            name: rec.image.name.clone(),
+            store,
+            rec: RwLock::new(rec),
+        }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, ImageRecord> {
+        self.rec.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, ImageRecord> {
+        self.rec.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A copy of the cached record (tests, diagnostics).
+    pub(crate) fn snapshot(&self) -> ImageRecord {
+        self.read().clone()
+    }
+
+    /// The image size in bytes.
+    pub(crate) fn size(&self) -> u64 {
+        self.read().image.size.bytes()
+    }
+
+    /// The blocks touched by `range` (non-empty, inside the image), each cut
+    /// to the part of `range` inside it.
+    fn pieces(rec: &ImageRecord, range: ByteRange) -> Vec<(BlockIndex, ByteRange)> {
+        let bs = rec.image.block_size.bytes();
+        let first = range.offset / bs;
+        let last = (range.end() - 1) / bs;
+        (first..=last)
+            .filter_map(|b| {
+                ByteRange::new(b * bs, bs)
+                    .intersect(&range)
+                    .map(|r| (BlockIndex(b), r))
+            })
+            .collect()
+    }
+
+    /// The state of `node`'s copy of `block` for the bytes `r` (inside the
+    /// block): the coarse state first (out-of-sync or syncing is `Dirty`),
+    /// then the dirty bits covering `r` (all set `Dirty`, some set
+    /// `PartlyDirty`).
+    fn state(rec: &ImageRecord, block: BlockIndex, node: &NodeId, r: ByteRange) -> CopyState {
+        let coarse = rec
+            .placement
+            .locations_of(block)
+            .and_then(|l| l.get(node).copied());
+        if coarse != Some(SyncState::InSync) {
+            return CopyState::Dirty;
+        }
+        let Some(bm) = rec.dirty.get(node) else {
+            return CopyState::InSync;
+        };
+        let Ok((f, l)) = rec.image.bits_for_bytes(r.offset, r.len) else {
+            return CopyState::Dirty;
+        };
+        match bm.count_in(f, l) {
+            0 => CopyState::InSync,
+            n if n == l - f => CopyState::Dirty,
+            _ => CopyState::PartlyDirty,
+        }
+    }
+
+    /// One [`BlockView`] per block touched by `range`, in order, for
+    /// [`crate::core::write::WritePlan::new`].
+    pub(crate) fn block_views(&self, range: ByteRange) -> Vec<BlockView> {
+        let rec = self.read();
+        Self::pieces(&rec, range)
+            .into_iter()
+            .map(|(b, r)| {
+                let locations = rec
+                    .placement
+                    .locations_of(b)
+                    .map(|l| {
+                        l.keys()
+                            .map(|n| LocationView {
+                                node: n.clone(),
+                                state: Self::state(&rec, b, n, r),
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                BlockView {
+                    range: r,
+                    locations,
+                }
+            })
+            .collect()
+    }
+
+    /// `range` cut into pieces with the same in-sync copies (adjacent blocks
+    /// with the same set are merged, so a read is one request per copy
+    /// where it can be).
+    pub(crate) fn read_pieces(&self, range: ByteRange) -> Vec<(ByteRange, Vec<NodeId>)> {
+        let rec = self.read();
+        let mut out: Vec<(ByteRange, Vec<NodeId>)> = Vec::new();
+        for (b, r) in Self::pieces(&rec, range) {
+            let in_sync: Vec<NodeId> = rec
+                .placement
+                .locations_of(b)
+                .map(|l| {
+                    l.keys()
+                        .filter(|n| Self::state(&rec, b, n, r) == CopyState::InSync)
+                        .cloned()
+                        .collect()
+                })
+                .unwrap_or_default();
+            match out.last_mut() {
+                Some((last, nodes)) if *nodes == in_sync && last.end() == r.offset => {
+                    *last = ByteRange::from_bounds(last.offset, r.end());
+                }
+                _ => out.push((r, in_sync)),
+            }
+        }
+        out
+    }
+
+    /// True when `node` holds an in-sync copy of every byte of `range`.
+    pub(crate) fn in_sync(&self, node: &NodeId, range: ByteRange) -> bool {
+        let rec = self.read();
+        Self::pieces(&rec, range)
+            .into_iter()
+            .all(|(b, r)| Self::state(&rec, b, node, r) == CopyState::InSync)
+    }
+
+    /// From `offset`: whether `node` is in sync there, and where that run
+    /// of blocks ends (at most [`EXTENT_SCAN_BLOCKS`] ahead, and never past
+    /// the image).
+    pub(crate) fn in_sync_extent(&self, node: &NodeId, offset: u64) -> (bool, u64) {
+        let rec = self.read();
+        let size = rec.image.size.bytes();
+        let bs = rec.image.block_size.bytes();
+        let state = |b: u64| {
+            let r = ByteRange::from_bounds((b * bs).max(offset), ((b + 1) * bs).min(size));
+            Self::state(&rec, BlockIndex(b), node, r) == CopyState::InSync
+        };
+        let first = offset / bs;
+        let want = state(first);
+        let mut b = first + 1;
+        while b * bs < size && b < first + EXTENT_SCAN_BLOCKS && state(b) == want {
+            b += 1;
+        }
+        (want, (b * bs).min(size))
+    }
+
+    /// Nodes in sync for at least one block (the copies a flush must reach).
+    pub(crate) fn nodes_in_sync_somewhere(&self) -> BTreeSet<NodeId> {
+        let rec = self.read();
+        let mut out = BTreeSet::new();
+        for run in rec.placement.runs() {
+            for (n, s) in &run.locations {
+                if *s == SyncState::InSync {
+                    out.insert(n.clone());
+                }
+            }
+        }
+        // A copy whose every bit is dirty still gets the flush: harmless,
+        // and cheaper than proving it is dirty everywhere.
+        out
+    }
+
+    /// The bit ranges `[first, last)` of byte `ranges`, at the image's
+    /// granularity.
+    pub(crate) fn bits(&self, ranges: &[ByteRange]) -> Result<Vec<(u64, u64)>, blockmap::Error> {
+        let rec = self.read();
+        ranges
+            .iter()
+            .map(|r| rec.image.bits_for_bytes(r.offset, r.len))
+            .collect()
+    }
+
+    /// Sets `bits` of `node` in the cache (a mark asked for or made).
+    pub(crate) fn apply_mark(&self, node: &NodeId, bits: &[(u64, u64)]) {
+        if let Err(e) = self.write().set_dirty_bits(node, bits, true) {
+            tracing::warn!(image = %self.name, %node, error = %e, "cannot apply a mark to the cache");
+        }
+    }
+
+    /// Applies one change; returns true when the record must be reloaded.
+    fn apply_change(&self, change: &Change) -> bool {
+        let mut rec = self.write();
+        match change {
+            Change::Dirty {
+                name,
+                node,
+                dirty,
+                bits,
+                version,
+            } if name == self.name.as_str() => {
+                if *version <= rec.version {
+                    return false;
+                }
+                if *version != rec.version + 1 {
+                    return true;
+                }
+                let Ok(node) = NodeId::new(node.clone()) else {
+                    return true;
+                };
+                if rec.set_dirty_bits(&node, bits, *dirty).is_err() {
+                    return true;
+                }
+                rec.version = *version;
+                false
+            }
+            Change::Image { name, version } | Change::Lease { name, version, .. }
+                if name == self.name.as_str() =>
+            {
+                *version > rec.version
+            }
+            _ => false,
+        }
+    }
+
+    /// Reloads the record from the store (kept if the store's is older).
+    pub(crate) async fn reload(&self) -> Result<(), blockmap::Error> {
+        let fresh = self.store.load_image(&self.name).await?;
+        let mut rec = self.write();
+        if fresh.version >= rec.version {
+            *rec = fresh;
+        }
+        Ok(())
+    }
+
+    /// Follows the change feed until the task is aborted; resubscribes
+    /// (and reloads, since a feed does not replay its gap) when it ends.
+    pub(crate) async fn follow(self: Arc<Self>, mut feed: ChangeFeed) {
+        loop {
+            match feed.next().await {
+                Some(Ok(change)) => {
+                    if self.apply_change(&change) {
+                        if let Err(e) = self.reload().await {
+                            tracing::warn!(image = %self.name, error = %e, "placement reload failed");
+                        }
+                    }
+                }
+                Some(Err(_)) | None => {
+                    feed = self.resubscribe().await;
+                }
+            }
+        }
+    }
+
+    async fn resubscribe(&self) -> ChangeFeed {
+        loop {
+            // Back off: the store is down or restarting.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if let Ok(f) = self.store.subscribe().await {
+                if let Err(e) = self.reload().await {
+                    tracing::warn!(image = %self.name, error = %e, "placement reload failed");
+                }
+                return f;
+            }
+        }
+    }
+}

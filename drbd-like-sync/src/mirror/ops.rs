@@ -1,0 +1,406 @@
+//! The operations of [`super::Mirror`]: a write-like operation or a flush
+//! driven through the core's [`AckTracker`], and a read driven through
+//! [`ReadChoice`].
+//!
+//! Every copy's operation and every mark runs as its own task, so the
+//! copies proceed in parallel (never one after another); the driving loop
+//! feeds each outcome to the tracker and starts the marks it asks for. The
+//! loop waits for every task, even after the status is known, so a write
+//! holds its range lock until no copy can still be receiving it.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use blockmap::types::NodeId;
+use bytes::{Bytes, BytesMut};
+use tokio::task::JoinSet;
+
+use super::copies::{CopyFailure, CopyOp, Remote};
+use super::stats::Counted;
+use super::Inner;
+use crate::core::read::{ReadChoice, ReadCopy, ReaderPlace};
+use crate::core::write::{
+    AckEvent, AckTracker, FailReason, FlushPlan, MarkDirty, Status, WriteFailure, WritePlan,
+};
+use crate::core::ByteRange;
+use crate::storage::StorageError;
+
+/// What one task reports.
+enum Event {
+    /// A copy's outcome, with the ranges it was sent.
+    Copy(NodeId, Vec<ByteRange>, Result<(), CopyFailure>),
+    /// A mark's outcome.
+    Mark(NodeId, Result<(), String>),
+}
+
+/// The error a failed operation returns.
+fn io_error(op: &'static str, why: String) -> StorageError {
+    StorageError::Io {
+        op,
+        source: std::io::Error::other(why),
+    }
+}
+
+/// What the driving loop learnt besides the status.
+#[derive(Default)]
+struct Seen {
+    /// A copy refused our generation.
+    fenced: bool,
+    /// Copies that failed, and whether each was out of space.
+    failed: Vec<bool>,
+    /// Copies that accepted.
+    accepted: usize,
+}
+
+impl Inner {
+    fn check_fenced(&self, op: &'static str) -> Result<(), StorageError> {
+        if self.fenced.load(Ordering::Acquire) {
+            return Err(io_error(
+                op,
+                format!(
+                    "fenced: image {} has a writer newer than generation {}",
+                    self.cfg.image, self.cfg.generation
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Write, zeroes or discard of `range` (checked against the size).
+    pub(crate) async fn mutate(
+        self: Arc<Self>,
+        range: ByteRange,
+        op: CopyOp,
+        what: &'static str,
+    ) -> Result<(), StorageError> {
+        if range.is_empty() {
+            return Ok(());
+        }
+        self.check_fenced(what)?;
+        // Held until every task of this write has ended (see `drive`), so an
+        // overlapping write cannot overtake it on any copy.
+        let _held = self.lock.lock(range).await;
+        // The views are taken under the lock: a mark made by the previous
+        // overlapping write is already in the cache.
+        let views = self.cache.block_views(range);
+        let plan = WritePlan::new(range, &views).map_err(|e| io_error(what, e.to_string()))?;
+        let sends = plan.sends().clone();
+        let (tracker, first) = plan.start();
+        let mut tasks = JoinSet::new();
+        // Up-front marks (partly dirty copies) and the data go out together:
+        // the core only needs both settled before GOOD, not in order.
+        for m in first {
+            self.spawn_mark(&mut tasks, m);
+        }
+        for (node, ranges) in sends {
+            self.spawn_copy(&mut tasks, node, ranges, op.clone());
+        }
+        // A FUA write is stable on every copy that accepted it; anything
+        // else waits in the copies' caches for the next flush.
+        let durable = matches!(op, CopyOp::Write { fua: true, .. });
+        self.drive(tracker, tasks, what, !durable).await
+    }
+
+    /// Flushes every copy that is in sync anywhere (invariant 2).
+    pub(crate) async fn flush(self: Arc<Self>) -> Result<(), StorageError> {
+        self.check_fenced("flush")?;
+        // Taken out now: writes accepted after this point belong to the
+        // next flush. A copy whose flush fails has these ranges marked by
+        // the tracker; one that flushes has made them stable.
+        let copies: BTreeMap<NodeId, Vec<ByteRange>> = {
+            let mut unflushed = self.unflushed.lock().unwrap_or_else(|e| e.into_inner());
+            self.cache
+                .nodes_in_sync_somewhere()
+                .into_iter()
+                .map(|n| {
+                    let r = unflushed.remove(&n).unwrap_or_default();
+                    (n, r)
+                })
+                .collect()
+        };
+        let plan = FlushPlan::new(copies.clone()).map_err(|e| io_error("flush", e.to_string()))?;
+        let tracker = plan.start();
+        let mut tasks = JoinSet::new();
+        for node in copies.into_keys() {
+            self.spawn_copy(&mut tasks, node, Vec::new(), CopyOp::Flush);
+        }
+        self.drive(tracker, tasks, "flush", false).await
+    }
+
+    /// Starts `op` on `node`'s copy (local or remote) as a task.
+    fn spawn_copy(
+        self: &Arc<Self>,
+        tasks: &mut JoinSet<Event>,
+        node: NodeId,
+        ranges: Vec<ByteRange>,
+        op: CopyOp,
+    ) {
+        let me = Arc::clone(self);
+        tasks.spawn(async move {
+            let started = Instant::now();
+            // The local copy goes straight to its engine, behind the same
+            // generation gate a remote node applies; peers over the wire.
+            let res = if node == me.node {
+                match &me.local {
+                    Some(l) => {
+                        let work = l.run(me.cfg.generation, &op, &ranges);
+                        match tokio::time::timeout(me.cfg.copy_timeout, work).await {
+                            Ok(r) => r,
+                            Err(_) => Err(CopyFailure {
+                                reason: FailReason::Timeout,
+                                no_space: false,
+                                message: "the local copy did not answer in time".into(),
+                            }),
+                        }
+                    }
+                    None => Err(CopyFailure {
+                        reason: FailReason::Io,
+                        no_space: false,
+                        message: "no local copy is open".into(),
+                    }),
+                }
+            } else {
+                me.remote().run(&node, &op, &ranges).await
+            };
+            let bytes: u64 = ranges.iter().map(|r| r.len).sum();
+            let kind = if matches!(op, CopyOp::Flush) {
+                Counted::Flush
+            } else {
+                Counted::Write
+            };
+            me.stats
+                .count(&node, kind, bytes, started.elapsed(), res.is_ok());
+            Event::Copy(node, ranges, res)
+        });
+    }
+
+    fn remote(&self) -> Remote<'_> {
+        Remote {
+            peers: &self.peers,
+            image: &self.cfg.image,
+            generation: self.cfg.generation,
+            timeout: self.cfg.copy_timeout,
+        }
+    }
+
+    /// Applies `m` to the cache now and persists it in a task.
+    fn spawn_mark(self: &Arc<Self>, tasks: &mut JoinSet<Event>, m: MarkDirty) {
+        let me = Arc::clone(self);
+        tasks.spawn(async move {
+            let res = me.persist_mark(&m).await;
+            Event::Mark(m.node, res)
+        });
+    }
+
+    /// The mark, durably in the store (invariant 1), within the mark
+    /// timeout. The cache gets the bits before (so no read or write uses
+    /// the copy meanwhile) and again after (a reload in between may have
+    /// dropped them).
+    async fn persist_mark(&self, m: &MarkDirty) -> Result<(), String> {
+        let bits = self.cache.bits(&m.ranges).map_err(|e| e.to_string())?;
+        self.cache.apply_mark(&m.node, &bits);
+        let call = self
+            .store
+            .mark_dirty(&self.cfg.image, &m.node, self.cfg.generation.0, &bits);
+        match tokio::time::timeout(self.cfg.mark_timeout, call).await {
+            Ok(Ok(_)) => {
+                self.cache.apply_mark(&m.node, &bits);
+                Ok(())
+            }
+            Ok(Err(e)) => Err(format!("mark of {} failed: {e}", m.node)),
+            Err(_) => Err(format!(
+                "mark of {} not confirmed within {:?}",
+                m.node, self.cfg.mark_timeout
+            )),
+        }
+    }
+
+    /// Feeds every outcome to `tracker` until no task is left; returns the
+    /// first status it gave. `remember` keeps accepted ranges for the next
+    /// flush (not needed for FUA writes and flushes).
+    async fn drive(
+        self: &Arc<Self>,
+        mut tracker: AckTracker,
+        mut tasks: JoinSet<Event>,
+        what: &'static str,
+        remember: bool,
+    ) -> Result<(), StorageError> {
+        let mut status = Status::Wait;
+        let mut seen = Seen::default();
+        while let Some(joined) = tasks.join_next().await {
+            let Ok(ev) = joined else {
+                // A task panicked: its outcome is lost, so the tracker never
+                // settles and the status stays undecided (an error below).
+                tracing::error!(op = what, "a mirror task panicked");
+                continue;
+            };
+            let ack = match ev {
+                Event::Copy(node, ranges, Ok(())) => {
+                    seen.accepted += 1;
+                    if remember && !ranges.is_empty() {
+                        let mut u = self.unflushed.lock().unwrap_or_else(|e| e.into_inner());
+                        let v = u.entry(node.clone()).or_default();
+                        v.extend(ranges);
+                        *v = crate::core::coalesce(std::mem::take(v));
+                    }
+                    AckEvent::CopyAccepted(node)
+                }
+                Event::Copy(node, _, Err(f)) => {
+                    tracing::warn!(op = what, %node, reason = %f.message, "copy failed");
+                    // Fenced: another writer holds the image. The tracker
+                    // still sees an ordinary failure (its rule), but this
+                    // mirror stops acknowledging for good.
+                    if f.reason == FailReason::Fenced {
+                        seen.fenced = true;
+                        self.fenced.store(true, Ordering::Release);
+                    }
+                    seen.failed.push(f.no_space);
+                    self.problems.record(&node, f.message);
+                    AckEvent::CopyFailed(node, f.reason)
+                }
+                Event::Mark(node, Ok(())) => AckEvent::MarkDurable(node),
+                Event::Mark(node, Err(why)) => {
+                    tracing::error!(op = what, %node, reason = %why, "out-of-sync mark failed");
+                    self.problems.record(&node, why);
+                    AckEvent::MarkFailed(node)
+                }
+            };
+            // The core decides; the shell performs the marks it asks for,
+            // even after the status is known (a failed copy is always marked).
+            match tracker.step(ack) {
+                Ok(step) => {
+                    for m in step.marks {
+                        self.spawn_mark(&mut tasks, m);
+                    }
+                    if status == Status::Wait {
+                        status = step.status;
+                    }
+                }
+                Err(e) => tracing::error!(op = what, error = %e, "ack tracker refused an event"),
+            }
+        }
+        match status {
+            Status::Good if !seen.fenced => Ok(()),
+            Status::Good => Err(io_error(
+                what,
+                format!("fenced: a copy refused generation {}", self.cfg.generation),
+            )),
+            Status::CheckCondition(f) => {
+                let why = match f {
+                    WriteFailure::NoCopyAccepted(r) => format!("no copy accepted {r}"),
+                    WriteFailure::MarkFailed(n) => {
+                        format!("copy {n} failed and its out-of-sync mark could not be made")
+                    }
+                };
+                // NoSpace only when nobody took it and every failure was
+                // out of space, so the initiator sees the real cause.
+                let all_no_space =
+                    seen.accepted == 0 && !seen.failed.is_empty() && seen.failed.iter().all(|n| *n);
+                if all_no_space {
+                    Err(StorageError::NoSpace {
+                        op: what,
+                        source: std::io::Error::other(why),
+                    })
+                } else {
+                    Err(io_error(what, why))
+                }
+            }
+            Status::Wait | Status::Sent => Err(io_error(what, "outcome undecided".into())),
+        }
+    }
+
+    /// Reads `range` (inside the image) from in-sync copies (invariant 3).
+    pub(crate) async fn read(&self, range: ByteRange) -> Result<Bytes, StorageError> {
+        if range.is_empty() {
+            return Ok(Bytes::new());
+        }
+        let place = ReaderPlace {
+            node: self.node.clone(),
+            site: self.cfg.site.clone(),
+        };
+        let pieces = self.cache.read_pieces(range);
+        let mut parts = Vec::with_capacity(pieces.len());
+        for (r, nodes) in pieces {
+            // Only in-sync copies are candidates; the core orders them
+            // (local, same site, latency).
+            let copies: Vec<ReadCopy> = nodes
+                .into_iter()
+                .map(|n| ReadCopy {
+                    site: if n == self.node {
+                        self.cfg.site.clone()
+                    } else {
+                        self.peers.site(&n)
+                    },
+                    latency_us: self.peers.latency_us(&n),
+                    in_sync: true,
+                    node: n,
+                })
+                .collect();
+            let choice =
+                ReadChoice::new(r, &place, &copies).map_err(|e| io_error("read", e.to_string()))?;
+            parts.push(self.read_piece(choice, r).await?);
+        }
+        // One piece (the usual case): hand its buffer over without a copy.
+        if parts.len() == 1 {
+            return Ok(parts.remove(0));
+        }
+        let mut out = BytesMut::with_capacity(range.len as usize);
+        for p in parts {
+            out.extend_from_slice(&p);
+        }
+        Ok(out.freeze())
+    }
+
+    /// Tries the candidates of `choice` in order until one answers.
+    async fn read_piece(
+        &self,
+        mut choice: ReadChoice,
+        r: ByteRange,
+    ) -> Result<Bytes, StorageError> {
+        loop {
+            let Some(node) = choice.current().cloned() else {
+                return Err(io_error(
+                    "read",
+                    format!("no in-sync copy of {r} can be read"),
+                ));
+            };
+            let started = Instant::now();
+            let res = if node == self.node {
+                match &self.local {
+                    Some(l) => l.read(self.cfg.generation, r).await,
+                    None => Err(CopyFailure {
+                        reason: FailReason::Io,
+                        no_space: false,
+                        message: "no local copy is open".into(),
+                    }),
+                }
+            } else {
+                self.remote().read(&node, r).await
+            };
+            self.stats
+                .count(&node, Counted::Read, r.len, started.elapsed(), res.is_ok());
+            let f = match res {
+                Ok(b) => return Ok(b),
+                Err(f) => f,
+            };
+            tracing::warn!(%node, range = %r, reason = %f.message, "read from a copy failed");
+            self.problems.record(&node, f.message.clone());
+            if f.reason == FailReason::Fenced {
+                // Not the writer any more: marking copies is the new
+                // writer's business, not ours.
+                self.fenced.store(true, Ordering::Release);
+            } else if let Ok(mark) = choice.failure_mark(&node) {
+                if let Err(why) = self.persist_mark(&mark).await {
+                    // The copy is dirty in the cache, so this mirror no
+                    // longer reads it; the read itself can still succeed.
+                    self.problems.record(&node, why);
+                }
+            }
+            if let Err(e) = choice.next_after_failure(&node) {
+                return Err(io_error("read", format!("{e} (last: {})", f.message)));
+            }
+        }
+    }
+}
