@@ -108,8 +108,8 @@ impl Peers {
     pub(crate) async fn client(&self, node: &NodeId) -> Result<Arc<PeerClient>, PeerError> {
         let slot = self.slot(node);
         let mut c = slot.client.lock().await;
-        if let Some(c) = &*c {
-            return Ok(Arc::clone(c));
+        if let Some(live) = c.as_ref().filter(|c| !c.is_closed()) {
+            return Ok(Arc::clone(live));
         }
         let entry = blockmap::ops::get_node(self.store.as_ref(), node)
             .await

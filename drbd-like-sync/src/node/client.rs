@@ -201,6 +201,13 @@ impl PeerClient {
         &self.peer
     }
 
+    /// True once the connection has ended (the peer closed it, or it
+    /// failed): every later request fails at once with
+    /// [`ClientError::ConnectionLost`], and the caller should reconnect.
+    pub fn is_closed(&self) -> bool {
+        self.reader.is_finished() || self.out.is_closed()
+    }
+
     /// Sends one request and returns the channel its responses arrive on.
     pub fn start(
         &self,
@@ -208,9 +215,18 @@ impl PeerClient {
         generation: Generation,
         op: Op,
     ) -> Result<mpsc::UnboundedReceiver<Response>, ClientError> {
+        if self.is_closed() {
+            return Err(self.lost());
+        }
         let id = RequestId(self.next_id.fetch_add(1, Ordering::Relaxed));
         let (tx, rx) = mpsc::unbounded_channel();
         self.waiters.insert(id, tx);
+        // The reader may have ended between the check and the insert; it
+        // clears the waiters on its way out, so look again.
+        if self.is_closed() {
+            self.waiters.remove(&id);
+            return Err(self.lost());
+        }
         let req = Message::Request(Request {
             id,
             image: image.clone(),
