@@ -168,11 +168,19 @@ fn flush(url: &str) {
     );
 }
 
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        if let Some(c) = &mut self.child {
+impl RedisServer {
+    /// Kills the server now (SIGKILL), as a crash would; a no-op for an
+    /// external `LOCUS_TEST_REDIS_URL` server.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
     }
 }

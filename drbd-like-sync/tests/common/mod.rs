@@ -3,5 +3,6 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+#[path = "../../../blockmap/tests/common/redis.rs"]
 pub mod redis;
 pub mod storage_suite;
