@@ -241,9 +241,7 @@ impl Inner {
                     seen.accepted += 1;
                     if remember && !ranges.is_empty() {
                         let mut u = self.unflushed.lock().unwrap_or_else(|e| e.into_inner());
-                        let v = u.entry(node.clone()).or_default();
-                        v.extend(ranges);
-                        *v = crate::core::coalesce(std::mem::take(v));
+                        remember_unflushed(u.entry(node.clone()).or_default(), ranges);
                     }
                     AckEvent::CopyAccepted(node)
                 }
@@ -401,6 +399,54 @@ impl Inner {
             if let Err(e) = choice.next_after_failure(&node) {
                 return Err(io_error("read", format!("{e} (last: {})", f.message)));
             }
+        }
+    }
+}
+
+/// Most unflushed ranges kept per copy. Past it they collapse into the one
+/// range that covers them all: a flush that then fails marks a superset of
+/// what the copy may have lost, which is safe (it only costs resync), and
+/// memory per copy stays bounded between flushes.
+const UNFLUSHED_MAX: usize = 4096;
+
+/// Adds `ranges` to a copy's unflushed list, coalescing only when the list
+/// has doubled since it was last coalesced (amortised O(log n) per write:
+/// coalescing on every write sorted the whole list each time, which made
+/// 4 KiB writes at queue depth 32 thirty times slower than the engine).
+fn remember_unflushed(list: &mut Vec<ByteRange>, ranges: Vec<ByteRange>) {
+    list.extend(ranges);
+    if list.len() < 64 || !list.len().is_power_of_two() {
+        return;
+    }
+    *list = crate::core::coalesce(std::mem::take(list));
+    if list.len() > UNFLUSHED_MAX {
+        let (lo, hi) = (list[0].offset, list[list.len() - 1].end());
+        *list = vec![ByteRange::from_bounds(lo, hi)];
+    }
+}
+
+#[cfg(test)]
+mod unflushed_tests {
+    use super::*;
+
+    #[test]
+    fn unflushed_ranges_stay_bounded_and_cover_every_write() {
+        let mut list = Vec::new();
+        let mut all = Vec::new();
+        for i in 0..100_000u64 {
+            let r = ByteRange::new((i * 7919 % 65_536) * 8192, 4096);
+            all.push(r);
+            remember_unflushed(&mut list, vec![r]);
+            assert!(list.len() <= 2 * UNFLUSHED_MAX, "bounded: {}", list.len());
+        }
+        let covered = crate::core::coalesce(list);
+        for r in all {
+            assert!(
+                covered
+                    .iter()
+                    .any(|c| c.offset <= r.offset && r.end() <= c.end()),
+                "{r:?} lost"
+            );
         }
     }
 }
