@@ -199,7 +199,10 @@ async fn lease_is_refused_while_another_holder_is_live() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn renewal_failure_stops_acks_before_the_ttl() {
-    // TTL 1500 ms, margin 375 ms, renewal every 300 ms.
+    // TTL 1500 ms, margin 375 ms, renewal every 300 ms. The gate closes at
+    // (send time of the last successful renewal) + 1125 ms; the store keeps
+    // the lease until (wall time read just after that send) + 1500 ms, so
+    // acks stop at least the 375 ms margin before another writer can win.
     let mut c = Cluster::start_unleased(&[Some("a"); 2], &[0, 1], SIZE).await;
     let w = take(&c, 0, 1500).await.expect("take");
     let m = w.mirror();
@@ -228,7 +231,12 @@ async fn renewal_failure_stops_acks_before_the_ttl() {
         let now = Instant::now();
         match res {
             Ok(()) => {
-                assert!(now <= deadline, "acknowledged after the deadline");
+                // The gate is checked right before Ok: only the return
+                // itself may straddle the deadline (microseconds).
+                assert!(
+                    now <= deadline + Duration::from_millis(5),
+                    "acknowledged after the deadline"
+                );
                 oks += 1;
             }
             Err(_) => break (now, UnixMillis::now()),
@@ -332,4 +340,50 @@ async fn a_failed_al_add_fails_the_write() {
     m.write(4096, pattern(3, 4096), false)
         .await
         .expect("warm extent");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_that_outlives_the_lease_is_not_acknowledged() {
+    let mut c = Cluster::start_unleased(&[Some("a"); 3], &[0, 1, 2], SIZE).await;
+    // n2 goes silent: its port accepts connections and never answers, so
+    // every operation on it lasts the connect timeout.
+    c.nodes[2].stop().await;
+    let silent = tokio::net::TcpListener::bind(c.nodes[2].addr)
+        .await
+        .expect("rebind n2's port");
+    let _hold = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            held.push(s);
+        }
+    });
+    let mut cfg = wcfg(&c, 0, 2000);
+    cfg.mirror.connect_timeout = Duration::from_secs(3);
+    cfg.mirror.copy_timeout = Duration::from_secs(3);
+    let w = Arc::new(
+        Writer::take(cfg, Arc::clone(&c.store), Arc::clone(&c.nodes[0].table))
+            .await
+            .expect("take"),
+    );
+    let w2 = Arc::clone(&w);
+    let write = tokio::spawn(async move { w2.mirror().write(0, pattern(4, 4096), false).await });
+    // The lease is taken away in the store (an operator, or a takeover):
+    // the next renewal is refused and the gate closes, mid-write.
+    c.store
+        .release_lease(&c.image, &id("n0"), w.generation().0)
+        .await
+        .expect("release behind the writer's back");
+    let until = Instant::now() + Duration::from_secs(2);
+    while w.may_ack() {
+        assert!(Instant::now() < until, "the gate never closed");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(
+        !write.is_finished(),
+        "the write ended before the gate closed"
+    );
+    // n0 and n1 took it and n2's failure gets marked: the core says GOOD,
+    // but the gate is shut by now, so Ok must not go out.
+    let res = write.await.expect("join");
+    assert!(res.is_err(), "acknowledged after the lease was gone");
 }
