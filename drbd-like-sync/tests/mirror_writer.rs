@@ -387,3 +387,32 @@ async fn a_write_that_outlives_the_lease_is_not_acknowledged() {
     let res = write.await.expect("join");
     assert!(res.is_err(), "acknowledged after the lease was gone");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_writer_reconciles_its_own_extents_at_once() {
+    let c = Cluster::start_unleased(&[Some("a"); 2], &[0, 1], SIZE).await;
+    let a = take(&c, 0, 60_000).await.expect("first life");
+    let ga = a.generation();
+    a.mirror()
+        .write(2 * EXT, pattern(2, 4096), false)
+        .await
+        .expect("write");
+    // Landed on the peer only before the crash.
+    let n1 = c.nodes[1].table.get(&c.image).await.expect("n1 copy");
+    n1.backend()
+        .write(2 * EXT, pattern(9, 4096), false)
+        .await
+        .expect("diverge n1");
+    drop(a);
+    // The same node may take its own unexpired lease again (a new writer).
+    let b = take(&c, 0, 60_000).await.expect("second life");
+    assert_eq!(b.generation(), Generation(ga.0 + 1));
+    let rep = b.takeover();
+    assert_eq!(rep.previous_holder, None, "our own earlier life is trusted");
+    assert!(rep.marks.is_empty(), "{:?}", rep.marks);
+    assert_eq!(rep.copies, vec![(2, id("n0"), id("n1"))]);
+    assert!(
+        c.read_copy(0, 2 * EXT, EXT as usize).await == c.read_copy(1, 2 * EXT, EXT as usize).await
+    );
+    assert_eq!(store_hot(&c).await, (b.generation().0, BTreeSet::new()));
+}

@@ -390,6 +390,11 @@ impl BlockBackend for Mirror {
     /// range; `None` otherwise (the caller then reads through [`Mirror`]).
     fn cached_range(&self, offset: u64, len: usize) -> Option<FileRange> {
         let local = self.inner.local.as_ref()?;
+        // A writer that may not acknowledge may not serve reads either,
+        // not even from its own file (invariant 4).
+        if self.inner.hooks.gate.as_ref().is_some_and(|g| !g.may_ack()) {
+            return None;
+        }
         check_range(offset, len as u64, self.inner.size).ok()?;
         if len == 0
             || !self

@@ -114,6 +114,11 @@ impl Inner {
             for (_, nodes) in &pieces {
                 any.extend(nodes.iter().cloned());
             }
+            // No copy in sync anywhere in the extent: nothing to level
+            // (every copy is already marked; resync's business).
+            if any.is_empty() {
+                continue;
+            }
             let (mut in_sync, partly): (Vec<NodeId>, Vec<NodeId>) = any
                 .into_iter()
                 .partition(|n| pieces.iter().all(|(_, ns)| ns.contains(n)));

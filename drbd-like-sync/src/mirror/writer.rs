@@ -40,7 +40,8 @@ use crate::core::lease::{Lease, LeaseConfig, LeaseEvent, LeaseState};
 use crate::core::reconcile::ReconcileError;
 use crate::core::Generation;
 use crate::node::ImageTable;
-use crate::storage::{BlockBackend, StorageError};
+use crate::storage::{BlockBackend, FileRange, StorageError};
+use bytes::Bytes;
 
 /// How a writer is taken.
 #[derive(Debug, Clone)]
@@ -195,7 +196,9 @@ impl Writer {
                 source,
             }
         };
-        // The holder before us is the old writer, distrusted below.
+        // The holder before us is the old writer, distrusted below. Our
+        // own earlier lease (a restart of this node) is not: that process
+        // is gone, and its copy is the one this node serves from.
         let previous = store
             .get_lease(&image)
             .await
@@ -368,6 +371,47 @@ impl Writer {
     pub fn abandon(self) -> Mirror {
         self.renewal.abort();
         self.mirror
+    }
+}
+
+/// The writer serves as the mirror does; every call goes through the
+/// lease's ack gate and the activity log (see [`Mirror`]).
+#[async_trait::async_trait]
+impl BlockBackend for Writer {
+    fn size(&self) -> u64 {
+        self.mirror.size()
+    }
+
+    fn engine_name(&self) -> &'static str {
+        "mirror-writer"
+    }
+
+    async fn read(&self, offset: u64, len: usize) -> Result<Bytes, StorageError> {
+        self.mirror.read(offset, len).await
+    }
+
+    async fn write(&self, offset: u64, data: Bytes, fua: bool) -> Result<(), StorageError> {
+        self.mirror.write(offset, data, fua).await
+    }
+
+    async fn flush(&self) -> Result<(), StorageError> {
+        self.mirror.flush().await
+    }
+
+    async fn discard(&self, offset: u64, len: u64) -> Result<(), StorageError> {
+        self.mirror.discard(offset, len).await
+    }
+
+    async fn write_zeroes(&self, offset: u64, len: u64, unmap: bool) -> Result<(), StorageError> {
+        self.mirror.write_zeroes(offset, len, unmap).await
+    }
+
+    async fn allocation(&self, offset: u64) -> Result<(bool, u64), StorageError> {
+        self.mirror.allocation(offset).await
+    }
+
+    fn cached_range(&self, offset: u64, len: usize) -> Option<FileRange> {
+        self.mirror.cached_range(offset, len)
     }
 }
 
