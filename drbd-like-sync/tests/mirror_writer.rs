@@ -71,6 +71,21 @@ fn ext_bits(es: &[u64]) -> Vec<(u64, u64)> {
         .collect()
 }
 
+/// Stops node `i` and listens on its port without ever answering, so
+/// every operation on it lasts the connect timeout. Abort the task to end.
+async fn silence(c: &mut Cluster, i: usize) -> tokio::task::JoinHandle<()> {
+    c.nodes[i].stop().await;
+    let silent = tokio::net::TcpListener::bind(c.nodes[i].addr)
+        .await
+        .expect("rebind the node's port");
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            held.push(s);
+        }
+    })
+}
+
 async fn store_hot(c: &Cluster) -> (u64, BTreeSet<u64>) {
     let log = c.store.al_get(&c.image).await.expect("al_get");
     (log.generation, log.extents)
@@ -295,29 +310,41 @@ async fn working_set_writes_cost_no_al_round_trips() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn extents_are_hot_while_a_write_is_in_flight() {
-    let c = Cluster::start_unleased(&[Some("a"); 2], &[0, 1], SIZE).await;
-    let w = Arc::new(take(&c, 0, 10_000).await.expect("take"));
-    // A 4 MiB FUA write over extents 8..12 runs while we watch the store.
+    let mut c = Cluster::start_unleased(&[Some("a"); 3], &[0, 1, 2], SIZE).await;
+    // n2 never answers: a write stays in flight for the copy timeout.
+    let _silent = silence(&mut c, 2).await;
+    let mut cfg = wcfg(&c, 0, 60_000);
+    cfg.mirror.connect_timeout = Duration::from_secs(2);
+    cfg.mirror.copy_timeout = Duration::from_secs(2);
+    let w = Arc::new(
+        Writer::take(cfg, Arc::clone(&c.store), Arc::clone(&c.nodes[0].table))
+            .await
+            .expect("take"),
+    );
     let w2 = Arc::clone(&w);
-    let big = tokio::spawn(async move {
+    let write = tokio::spawn(async move {
         w2.mirror()
             .write(8 * EXT, Bytes::from(vec![3u8; 4 * EXT as usize]), true)
             .await
     });
     let want: BTreeSet<u64> = (8..12).collect();
-    let until = Instant::now() + Duration::from_secs(10);
+    let until = Instant::now() + Duration::from_secs(5);
     loop {
-        // Read the copy first: if data is there, the log must show it.
+        // Read the copy first: once data is there, the log must show it.
         let on_copy = c.read_copy(1, 8 * EXT, 4096).await;
         let hot = store_hot(&c).await.1;
         if want.is_subset(&hot) {
             break;
         }
-        // Invariant 5: no byte may be on a copy before its extent is hot.
         assert!(on_copy.iter().all(|b| *b == 0), "data out before the log");
         assert!(Instant::now() < until, "extents never became hot");
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    big.await.expect("join").expect("big write");
+    assert!(
+        !write.is_finished(),
+        "the write ended before we saw the log"
+    );
+    write.await.expect("join").expect("n0 and n1 took it");
     assert!(want.is_subset(&store_hot(&c).await.1));
     assert!(want.is_subset(&w.al_hot()));
 }
@@ -345,18 +372,8 @@ async fn a_failed_al_add_fails_the_write() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_that_outlives_the_lease_is_not_acknowledged() {
     let mut c = Cluster::start_unleased(&[Some("a"); 3], &[0, 1, 2], SIZE).await;
-    // n2 goes silent: its port accepts connections and never answers, so
-    // every operation on it lasts the connect timeout.
-    c.nodes[2].stop().await;
-    let silent = tokio::net::TcpListener::bind(c.nodes[2].addr)
-        .await
-        .expect("rebind n2's port");
-    let _hold = tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((s, _)) = silent.accept().await {
-            held.push(s);
-        }
-    });
+    // n2 goes silent: every operation on it lasts the connect timeout.
+    let _silent = silence(&mut c, 2).await;
     let mut cfg = wcfg(&c, 0, 2000);
     cfg.mirror.connect_timeout = Duration::from_secs(3);
     cfg.mirror.copy_timeout = Duration::from_secs(3);
