@@ -15,7 +15,11 @@
 //!   that reaches it.
 //! - [`mirror`]: the target role's mirrored [`storage::BlockBackend`] of one
 //!   image: writes fanned out to every in-sync copy under the core's ack
-//!   rule, reads from the nearest in-sync copy.
+//!   rule, reads from the nearest in-sync copy; and [`mirror::Writer`], the
+//!   shell that takes the write lease and gates every acknowledgement on it
+//!   (invariant 4, ARCHITECTURE.md), keeps the activity log hot ahead of
+//!   each write and reconciles the previous writer's extents before serving
+//!   (invariant 5).
 //!
 //! Mirroring, out-of-sync tracking and resync are built on these; this
 //! crate knows nothing about iSCSI or SCSI.

@@ -1,7 +1,8 @@
 //! The storage conformance suite against the mirrored backend: 2-way
 //! (local + one peer) and 3-way (local + two peers), over real node
-//! servers and a real redis-server. After the suite, every copy holds the
-//! same bytes, and no copy was marked dirty.
+//! servers and a real redis-server, bare and behind a `Writer` (lease
+//! gate and activity log). After the suite, every copy holds the same
+//! bytes, and no copy was marked dirty.
 
 mod common;
 
@@ -9,6 +10,7 @@ use std::sync::Arc;
 
 use common::cluster::Cluster;
 use common::storage_suite::{conformance, SIZE};
+use drbd_like_sync::mirror::{Writer, WriterConfig};
 use drbd_like_sync::storage::BlockBackend;
 
 async fn run(copies: usize) {
@@ -42,4 +44,26 @@ async fn two_way_mirror_conforms() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_way_mirror_conforms() {
     run(3).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writer_conforms() {
+    let c = Cluster::start_unleased(&[Some("a"), Some("a")], &[0, 1], SIZE).await;
+    let w = Writer::take(
+        WriterConfig::new(c.config_of(0)),
+        Arc::clone(&c.store),
+        Arc::clone(&c.nodes[0].table),
+    )
+    .await
+    .expect("take");
+    let w = Arc::new(w);
+    conformance(Arc::clone(&w) as Arc<dyn BlockBackend>).await;
+    assert!(
+        w.mirror().problems().is_empty(),
+        "{:?}",
+        w.mirror().problems()
+    );
+    assert!(w.al_round_trips() > 0);
+    let local = c.read_copy(0, 0, SIZE as usize).await;
+    assert!(local == c.read_copy(1, 0, SIZE as usize).await);
 }

@@ -13,9 +13,11 @@
 //! GOOD may go out: the core does.
 //!
 //! Must not know: SCSI or iSCSI (it is a [`BlockBackend`] like any engine),
-//! the wire format (the [`crate::node::PeerClient`] speaks it), the lease
-//! (the caller took it and hands over the generation; renewing it and
-//! stopping in time is the caller's), resync and the activity log.
+//! the wire format (the [`crate::node::PeerClient`] speaks it), resync.
+//! The lease, the activity log and reconciliation live in the writer shell
+//! ([`writer`]): it opens the mirror with an ack gate and an activity log
+//! that the operation path consults; a bare [`Mirror::open`] has neither,
+//! and its caller owns the lease.
 //!
 //! One write, from the LUN to the disks:
 //!
@@ -39,12 +41,16 @@
 //! fails whatever the tracker says, and so does every later one (invariant
 //! 4: a zombie stops acknowledging).
 
+mod al;
 mod cache;
 mod copies;
+mod lease;
 mod ops;
 pub mod peers;
 pub mod range_lock;
 pub mod stats;
+mod takeover;
+pub mod writer;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -69,6 +75,7 @@ use range_lock::RangeLock;
 use stats::{Problems, StatsTable};
 
 pub use stats::{LocationStats, Problem};
+pub use writer::{TakeoverReport, Writer, WriterConfig, WriterError};
 
 /// How a mirror is opened: which image, at which generation, as which node.
 #[derive(Debug, Clone)]
@@ -165,6 +172,20 @@ pub(crate) struct Inner {
     problems: Problems,
     /// Set once a copy answered `Fenced`: another writer exists.
     fenced: AtomicBool,
+    /// The writer's shell, when a [`Writer`] opened the mirror.
+    hooks: Hooks,
+}
+
+/// What a [`Writer`] adds to the operation path; both absent for a bare
+/// [`Mirror::open`] (the caller then owns the lease and the log).
+#[derive(Default)]
+pub(crate) struct Hooks {
+    /// The ack gate (invariant 4): checked at the start of every operation
+    /// and right before it returns `Ok`.
+    pub gate: Option<Arc<lease::LeaseGate>>,
+    /// The activity log (invariant 5): a write's extents are hot before
+    /// its data goes out.
+    pub al: Option<Arc<al::AlDriver>>,
 }
 
 impl Mirror {
@@ -177,6 +198,16 @@ impl Mirror {
         cfg: MirrorConfig,
         store: Arc<dyn MetadataStore>,
         images: Arc<ImageTable>,
+    ) -> Result<Mirror, MirrorError> {
+        Self::open_with(cfg, store, images, Hooks::default()).await
+    }
+
+    /// [`Mirror::open`] with the writer's gate and activity log.
+    pub(crate) async fn open_with(
+        cfg: MirrorConfig,
+        store: Arc<dyn MetadataStore>,
+        images: Arc<ImageTable>,
+        hooks: Hooks,
     ) -> Result<Mirror, MirrorError> {
         let node = images.node().clone();
         if node != cfg.handshake.node_id {
@@ -229,6 +260,7 @@ impl Mirror {
             stats: StatsTable::default(),
             problems: Problems::default(),
             fenced: AtomicBool::new(false),
+            hooks,
         });
         Ok(Mirror { inner, feed })
     }
@@ -358,6 +390,11 @@ impl BlockBackend for Mirror {
     /// range; `None` otherwise (the caller then reads through [`Mirror`]).
     fn cached_range(&self, offset: u64, len: usize) -> Option<FileRange> {
         let local = self.inner.local.as_ref()?;
+        // A writer that may not acknowledge may not serve reads either,
+        // not even from its own file (invariant 4).
+        if self.inner.hooks.gate.as_ref().is_some_and(|g| !g.may_ack()) {
+            return None;
+        }
         check_range(offset, len as u64, self.inner.size).ok()?;
         if len == 0
             || !self

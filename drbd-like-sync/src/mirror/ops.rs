@@ -68,6 +68,25 @@ impl Inner {
         Ok(())
     }
 
+    /// The ack gate (invariant 4): not fenced, and the lease (when a
+    /// [`super::Writer`] owns this mirror) lets us acknowledge now.
+    /// Checked at the start of every operation and right before `Ok`.
+    pub(crate) fn check_ack(&self, op: &'static str) -> Result<(), StorageError> {
+        self.check_fenced(op)?;
+        if let Some(g) = &self.hooks.gate {
+            if !g.may_ack() {
+                return Err(io_error(
+                    op,
+                    format!(
+                        "the write lease of {} at generation {} is not held now: not acknowledging",
+                        self.cfg.image, self.cfg.generation
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Write, zeroes or discard of `range` (checked against the size).
     pub(crate) async fn mutate(
         self: Arc<Self>,
@@ -78,10 +97,16 @@ impl Inner {
         if range.is_empty() {
             return Ok(());
         }
-        self.check_fenced(what)?;
+        self.check_ack(what)?;
         // Held until every task of this write has ended (see `drive`), so an
         // overlapping write cannot overtake it on any copy.
         let _held = self.lock.lock(range).await;
+        // Invariant 5: the extents are hot in the store before any data
+        // goes out, and stay so until every task of this write ended.
+        let _hot = match &self.hooks.al {
+            Some(al) => Some(al.begin(range).await.map_err(|why| io_error(what, why))?),
+            None => None,
+        };
         // The views are taken under the lock: a mark made by the previous
         // overlapping write is already in the cache.
         let views = self.cache.block_views(range);
@@ -105,7 +130,7 @@ impl Inner {
 
     /// Flushes every copy that is in sync anywhere (invariant 2).
     pub(crate) async fn flush(self: Arc<Self>) -> Result<(), StorageError> {
-        self.check_fenced("flush")?;
+        self.check_ack("flush")?;
         // Taken out now: writes accepted after this point belong to the
         // next flush. A copy whose flush fails has these ranges marked by
         // the tracker; one that flushes has made them stable.
@@ -176,7 +201,7 @@ impl Inner {
         });
     }
 
-    fn remote(&self) -> Remote<'_> {
+    pub(super) fn remote(&self) -> Remote<'_> {
         Remote {
             peers: &self.peers,
             image: &self.cfg.image,
@@ -198,7 +223,7 @@ impl Inner {
     /// timeout. The cache gets the bits before (so no read or write uses
     /// the copy meanwhile) and again after (a reload in between may have
     /// dropped them).
-    async fn persist_mark(&self, m: &MarkDirty) -> Result<(), String> {
+    pub(super) async fn persist_mark(&self, m: &MarkDirty) -> Result<(), String> {
         let bits = self.cache.bits(&m.ranges).map_err(|e| e.to_string())?;
         self.cache.apply_mark(&m.node, &bits);
         let call = self
@@ -280,7 +305,9 @@ impl Inner {
             }
         }
         match status {
-            Status::Good if !seen.fenced => Ok(()),
+            // The last moment before Ok goes out: the lease must still
+            // let us acknowledge (a zombie stops here).
+            Status::Good if !seen.fenced => self.check_ack(what),
             Status::Good => Err(io_error(
                 what,
                 format!("fenced: a copy refused generation {}", self.cfg.generation),
@@ -314,6 +341,7 @@ impl Inner {
         if range.is_empty() {
             return Ok(Bytes::new());
         }
+        self.check_ack("read")?;
         let place = ReaderPlace {
             node: self.node.clone(),
             site: self.cfg.site.clone(),
@@ -340,6 +368,8 @@ impl Inner {
                 ReadChoice::new(r, &place, &copies).map_err(|e| io_error("read", e.to_string()))?;
             parts.push(self.read_piece(choice, r).await?);
         }
+        // A zombie's read may miss the new writer's writes.
+        self.check_ack("read")?;
         // One piece (the usual case): hand its buffer over without a copy.
         if parts.len() == 1 {
             return Ok(parts.remove(0));

@@ -74,6 +74,19 @@ impl Cluster {
     /// `sites.len()` nodes `n0..`, each with its site; the image of `size`
     /// bytes placed on the nodes listed in `locations` (indexes).
     pub async fn start(sites: &[Option<&str>], locations: &[usize], size: u64) -> Cluster {
+        let mut c = Self::start_unleased(sites, locations, size).await;
+        let lease = c
+            .store
+            .acquire_lease(&c.image, &id("n0"), 600_000, UnixMillis::now())
+            .await
+            .expect("lease");
+        c.generation = Generation(lease.generation);
+        c
+    }
+
+    /// As [`Cluster::start`], but nobody holds the lease yet
+    /// (`generation` is 0): for tests of `Writer::take`.
+    pub async fn start_unleased(sites: &[Option<&str>], locations: &[usize], size: u64) -> Cluster {
         let redis = RedisServer::start();
         let store = blockmap::store::open(&redis.url).await.expect("store");
         let mut nodes = Vec::new();
@@ -119,17 +132,30 @@ impl Cluster {
         blockmap::ops::create_image(store.as_ref(), &spec)
             .await
             .expect("create image");
-        let lease = store
-            .acquire_lease(&image, &id("n0"), 600_000, UnixMillis::now())
-            .await
-            .expect("lease");
         Cluster {
             redis,
             store,
             nodes,
             image,
-            generation: Generation(lease.generation),
+            generation: Generation(0),
         }
+    }
+
+    /// Node `i`'s handshake.
+    pub fn handshake_of(&self, i: usize) -> HandshakeConfig {
+        HandshakeConfig {
+            node_id: self.nodes[i].id.clone(),
+            secret: secret(),
+        }
+    }
+
+    /// The mirror config of node `i` (short timeouts as in
+    /// [`Cluster::config`]); the generation is the writer's to fill in.
+    pub fn config_of(&self, i: usize) -> MirrorConfig {
+        let mut cfg = self.config();
+        cfg.handshake = self.handshake_of(i);
+        cfg.generation = Generation(0);
+        cfg
     }
 
     /// The mirror config of `n0` at the lease's generation, with short
