@@ -316,3 +316,30 @@ async fn writer_primitives_are_one_round_trip() {
     let r = s.load_image(&name).await.unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(r.dirty.get(&n("b")).map(|b| b.count()), Some(3 + 3072));
 }
+
+/// The store reports whether Redis persists every change before it answers
+/// (appendonly yes, appendfsync always): the test servers do, and a server
+/// switched to `everysec` is reported as not durable, naming the setting.
+#[tokio::test]
+async fn durability_follows_the_persistence_settings() {
+    let srv = RedisServer::start();
+    let s = connect(&srv).await;
+    let d = s.durability().await.expect("durability");
+    assert!(d.durable, "{d:?}");
+    assert_eq!(d.detail, "appendonly yes, appendfsync always");
+    let client = redis::Client::open(srv.url.as_str()).expect("client");
+    let mut con = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connection");
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("appendfsync")
+        .arg("everysec")
+        .query_async(&mut con)
+        .await
+        .expect("config set");
+    let d = s.durability().await.expect("durability");
+    assert!(!d.durable, "{d:?}");
+    assert!(d.detail.contains("appendfsync everysec"), "{d:?}");
+}

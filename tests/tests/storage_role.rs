@@ -282,3 +282,29 @@ async fn image_info_shows_the_lease() {
         "{text}"
     );
 }
+
+/// `locus cluster status` warns on stderr when Redis does not persist every
+/// change before it answers, and says how to fix it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_status_warns_about_a_store_that_is_not_durable() {
+    let srv = redis::RedisServer::start();
+    let m = srv.url.as_str();
+    let quiet = locus(m, &["cluster", "status"]).ok();
+    assert!(!quiet.stderr.contains("warning"), "{}", quiet.stderr);
+    let client = ::redis::Client::open(m).unwrap();
+    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = ::redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("appendonly")
+        .arg("no")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let warned = locus(m, &["--json", "cluster", "status"]).ok();
+    assert!(
+        warned.stderr.contains("appendonly no") && warned.stderr.contains("--appendfsync always"),
+        "{}",
+        warned.stderr
+    );
+    assert!(warned.json().is_array(), "stdout stays the JSON rows");
+}

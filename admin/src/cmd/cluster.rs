@@ -14,7 +14,9 @@ pub enum ClusterCmd {
     ///
     /// STATE comes from liveness: a node is up only while its locusd
     /// refreshes its heartbeat (every 5 s); one silent for more than 15 s,
-    /// or that never ran, shows as down.
+    /// or that never ran, shows as down. A warning goes to stderr when the
+    /// store does not persist every change before it answers (Redis needs
+    /// --appendonly yes --appendfsync always).
     Status,
 }
 
@@ -23,6 +25,16 @@ pub async fn run(s: &dyn MetadataStore, out: Out, cmd: ClusterCmd) -> CliResult 
     match cmd {
         ClusterCmd::Status => {
             let rows = ops::cluster_status(s).await?;
+            let d = s.durability().await?;
+            if !d.durable {
+                eprintln!(
+                    "warning: {} does not persist every change before answering ({}): \
+                     out-of-sync marks can be lost in a crash; run redis-server with \
+                     --appendonly yes --appendfsync always",
+                    s.describe(),
+                    d.detail
+                );
+            }
             out.emit(&rows, || {
                 let mut t = Table::new(&[
                     "NODE", "STATE", "SITE", "ADDRESS", "CAPACITY", "USED", "FREE", "STORES",

@@ -27,7 +27,7 @@
 //! the generation and the location (O(runs), not the Redis O(1) path: the
 //! embedded store serves one node).
 
-use super::{ChangeFeed, MetadataStore, Versioned};
+use super::{ChangeFeed, Durability, MetadataStore, Versioned};
 use crate::bitmap::DirtyBitmap;
 use crate::change::{Change, DocKind};
 use crate::error::{Error, Result};
@@ -930,6 +930,13 @@ impl MetadataStore for EmbeddedStore {
             tx.commit().map_err(|e| c(e.into()))
         })
         .await
+    }
+
+    async fn durability(&self) -> Result<Durability> {
+        Ok(Durability {
+            durable: true,
+            detail: "embedded store: every commit is fsynced".into(),
+        })
     }
 
     async fn get_lease(&self, name: &ImageName) -> Result<Option<Lease>> {

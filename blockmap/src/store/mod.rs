@@ -202,6 +202,12 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// time). For `locus image info`: holder, generation, expiry.
     async fn get_lease(&self, name: &ImageName) -> Result<Option<Lease>>;
 
+    /// Whether a change this store acknowledged survives a crash of the
+    /// store's host: an out-of-sync mark is durable only then (invariant 1,
+    /// ARCHITECTURE.md). Redis is durable only with `appendonly yes` and
+    /// `appendfsync always`; the embedded store commits with fsync.
+    async fn durability(&self) -> Result<Durability>;
+
     /// Adds hot extents to the activity log (invariant 5, ARCHITECTURE.md),
     /// iff the image is at `generation` ([`Error::Fenced`]) and the log was
     /// reset by this generation ([`Error::ActivityLogNotTakenOver`]).
@@ -229,6 +235,15 @@ pub trait MetadataStore: Send + Sync + 'static {
         extent_size: ByteSize,
         extents: &[u64],
     ) -> Result<ActivityLog>;
+}
+
+/// What [`MetadataStore::durability`] found.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Durability {
+    /// Every acknowledged change is on stable storage.
+    pub durable: bool,
+    /// What was checked, for operators (e.g. "appendonly no").
+    pub detail: String,
 }
 
 /// Default embedded store directory.

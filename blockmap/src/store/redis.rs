@@ -48,7 +48,7 @@
 //! can be lost on a crash of the Redis host, which breaks invariant 1
 //! (ARCHITECTURE.md). Configure production servers that way.
 
-use super::{ChangeFeed, MetadataStore, Versioned};
+use super::{ChangeFeed, Durability, MetadataStore, Versioned};
 use crate::bitmap::DirtyBitmap;
 use crate::change::{Change, DocKind};
 use crate::error::{Error, Result};
@@ -923,6 +923,37 @@ impl MetadataStore for RedisStore {
     ) -> Result<()> {
         self.lease_op("release", name, holder, generation, UnixMillis(0))
             .await
+    }
+
+    async fn durability(&self) -> Result<Durability> {
+        let mut con = self.con.clone();
+        let got: std::result::Result<Vec<String>, redis::RedisError> = redis::cmd("CONFIG")
+            .arg("GET")
+            .arg("append*")
+            .query_async(&mut con)
+            .await;
+        let pairs = match got {
+            Ok(p) => p,
+            // CONFIG may be renamed or refused (managed Redis): say so.
+            Err(e) => {
+                return Ok(Durability {
+                    durable: false,
+                    detail: format!("cannot read the persistence settings (CONFIG GET: {e})"),
+                })
+            }
+        };
+        let get = |key: &str| {
+            pairs
+                .chunks(2)
+                .find(|kv| kv[0] == key)
+                .and_then(|kv| kv.get(1).cloned())
+                .unwrap_or_else(|| "?".into())
+        };
+        let (aof, fsync) = (get("appendonly"), get("appendfsync"));
+        Ok(Durability {
+            durable: aof == "yes" && fsync == "always",
+            detail: format!("appendonly {aof}, appendfsync {fsync}"),
+        })
     }
 
     async fn get_lease(&self, name: &ImageName) -> Result<Option<Lease>> {

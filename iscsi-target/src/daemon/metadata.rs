@@ -52,6 +52,20 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// and closes the file (so the `locus` CLI can get in), which costs fsyncs.
 const EMBEDDED_POLL: Duration = Duration::from_millis(500);
 
+/// Logs a warning when the store does not persist every change before it
+/// answers (Redis without `appendonly yes` and `appendfsync always`): an
+/// out-of-sync mark acknowledged by such a store can be lost in a crash.
+pub async fn warn_if_not_durable(store: &dyn MetadataStore) {
+    match store.durability().await {
+        Ok(d) if d.durable => {}
+        Ok(d) => tracing::warn!(store = %store.describe(), settings = %d.detail,
+            "the metadata store does not persist every change before answering: out-of-sync \
+             marks can be lost in a crash; run redis-server with --appendonly yes --appendfsync always"),
+        Err(e) => tracing::warn!(store = %store.describe(), error = %e,
+            "cannot tell whether the metadata store is durable"),
+    }
+}
+
 /// Opens the store for a daemon: `redis://...`, or a directory (optionally
 /// `embedded://DIR`) for the embedded store. The embedded store is opened in
 /// "release between operations" mode so that `locus` can use it while
@@ -556,6 +570,7 @@ pub async fn start(
 ) -> Result<(Arc<StoreSync>, tokio::task::JoinHandle<()>), StoreError> {
     let node = NodeId::new(node)?;
     let store = open_store(url).await?;
+    warn_if_not_durable(&*store).await;
     check_node(&*store, &node).await;
     let engine = cfg.engine_config();
     let sync = Arc::new(

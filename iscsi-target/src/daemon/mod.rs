@@ -110,6 +110,7 @@ pub async fn run(
         let store = metadata::open_store(&url)
             .await
             .map_err(|source| DaemonError::Store { url, source })?;
+        metadata::warn_if_not_durable(&*store).await;
         tasks.push(tokio::spawn(heartbeat::run(
             move || Arc::clone(&store),
             node,
