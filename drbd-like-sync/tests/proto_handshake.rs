@@ -1,4 +1,4 @@
-//! The handshake machines (DESIGN.md invariant 8), driven over an
+//! The handshake machines (invariant 8, ARCHITECTURE.md), driven over an
 //! in-memory "wire" that encodes and decodes every message, as a real
 //! connection would: a good secret authenticates both ways; a wrong secret
 //! on either side, a wrong version, or a replayed, reflected or garbled

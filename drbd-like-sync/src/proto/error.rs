@@ -14,8 +14,8 @@ pub struct ErrorCode(pub u16);
 
 impl ErrorCode {
     /// The request's generation is older than one this copy has seen; the
-    /// detail field carries the newest generation seen (DESIGN.md
-    /// invariant 4). The writer has lost its lease and must stop.
+    /// detail field carries the newest generation seen (invariant 4,
+    /// ARCHITECTURE.md). The writer has lost its lease and must stop.
     pub const FENCED: ErrorCode = ErrorCode(0x0001);
     /// The copy's disk is full.
     pub const NO_SPACE: ErrorCode = ErrorCode(0x0002);

@@ -1,6 +1,6 @@
 //! The connection handshake: version check and mutual authentication by
 //! HMAC-SHA-256 challenge-response over the shared cluster secret
-//! (DESIGN.md invariant 8). Sans-IO: each side is a machine that is fed
+//! (invariant 8, ARCHITECTURE.md). Sans-IO: each side is a machine that is fed
 //! the messages it receives and says what to send; nonces come from the
 //! caller, so runs are deterministic under test.
 //!

@@ -52,9 +52,10 @@
 //! ## Requests (0x01xx)
 //!
 //! Every request body but `Ping`'s starts with the same prefix: request id
-//! u64, image `name`, writer generation u64 (the fencing token of DESIGN.md
-//! invariant 4). The request id comes first in every request and response,
-//! so a server can answer an unknown opcode with `Unsupported`.
+//! u64, image `name`, writer generation u64 (the fencing token of
+//! invariant 4, ARCHITECTURE.md). The request id comes first in every
+//! request and response, so a server can answer an unknown opcode with
+//! `Unsupported`.
 //!
 //! | opcode | message | body after the prefix |
 //! |---|---|---|
