@@ -41,6 +41,9 @@ pub enum CliError {
     Store(blockmap::Error),
     /// A feature that is not available yet.
     NotAvailable(String),
+    /// Refused by the CLI itself (for example a move from a holder that
+    /// does not answer, without --force).
+    Refused(String),
 }
 
 impl From<blockmap::Error> for CliError {
@@ -61,6 +64,7 @@ impl CliError {
                 ErrorKind::Corrupt => CORRUPT,
             },
             CliError::NotAvailable(_) => NOT_AVAILABLE,
+            CliError::Refused(_) => REFUSED,
         }
     }
 
@@ -72,6 +76,7 @@ impl CliError {
                 .and_then(|v| v.as_str().map(str::to_string))
                 .unwrap_or_default(),
             CliError::NotAvailable(_) => "not_available".into(),
+            CliError::Refused(_) => "refused".into(),
         }
     }
 }
@@ -80,7 +85,7 @@ impl std::fmt::Display for CliError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             CliError::Store(e) => e.fmt(f),
-            CliError::NotAvailable(s) => f.write_str(s),
+            CliError::NotAvailable(s) | CliError::Refused(s) => f.write_str(s),
         }
     }
 }

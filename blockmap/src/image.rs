@@ -106,6 +106,11 @@ pub struct Image {
     /// Fencing token: rises each time a new target takes the write lease
     /// (invariant 4, ARCHITECTURE.md).
     pub generation: u64,
+    /// The node the operator moved the image to (`locus image move`): when
+    /// set, only this node takes the write lease and serves the image,
+    /// whatever `hypervisors` says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub writer: Option<NodeId>,
 }
 
 impl Image {
@@ -168,7 +173,18 @@ impl Image {
             granularity: spec.granularity,
             hypervisors: spec.hypervisors.iter().cloned().collect(),
             generation: 0,
+            writer: None,
         })
+    }
+
+    /// Whether `node` may take the write lease and serve the image: the
+    /// node it was moved to when there is one, else one of its hypervisors
+    /// (an empty list allows every node).
+    pub fn may_serve(&self, node: &NodeId) -> bool {
+        match &self.writer {
+            Some(w) => w == node,
+            None => self.hypervisors.is_empty() || self.hypervisors.contains(node),
+        }
     }
 
     /// Number of blocks (the last one may be partial).

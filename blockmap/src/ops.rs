@@ -329,6 +329,45 @@ pub async fn bump_generation(store: &dyn MetadataStore, name: &ImageName) -> Res
         .1)
 }
 
+/// Records that `node` should serve `name` from now on (`locus image
+/// move`): only it takes the write lease, and the current holder drains,
+/// flushes and releases it when it sees the change. `None` goes back to the
+/// hypervisor list. The node must be registered.
+pub async fn set_writer(
+    store: &dyn MetadataStore,
+    name: &ImageName,
+    node: Option<&NodeId>,
+) -> Result<ImageRecord> {
+    if let Some(n) = node {
+        get_node(store, n).await?;
+    }
+    Ok(update_image(store, name, |r| {
+        r.image.writer = node.cloned();
+        Ok(())
+    })
+    .await?
+    .0)
+}
+
+/// Replaces an image's statistics (the serving target, every few seconds).
+/// Last writer wins: only the lease holder reports.
+pub async fn put_stats(store: &dyn MetadataStore, name: &ImageName, st: &ImageStats) -> Result<()> {
+    let json = to_json(st)?;
+    for _ in 0..MAX_RETRIES {
+        let expected = store
+            .get_doc(DocKind::Stats, name.as_str())
+            .await?
+            .map(|v| v.version);
+        if store
+            .put_doc(DocKind::Stats, name.as_str(), expected, Some(json.clone()))
+            .await?
+        {
+            return Ok(());
+        }
+    }
+    Err(Error::Contended(format!("statistics of image '{name}'")))
+}
+
 /// I/O statistics of an image (zeros until a target reports some).
 pub async fn image_stats(store: &dyn MetadataStore, name: &ImageName) -> Result<ImageStats> {
     store.load_image(name).await?;
@@ -504,7 +543,7 @@ fn run_bytes(img: &Image, r: BlockRange) -> u64 {
 /// One row of `locus errors`.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ErrorReport {
-    /// `node` or `location`.
+    /// `node`, `copy` (failed under its serving target) or `location`.
     pub what: String,
     /// The node.
     pub node: NodeId,
@@ -516,7 +555,8 @@ pub struct ErrorReport {
     pub since: Option<UnixTime>,
 }
 
-/// Nodes not up, and locations with blocks not in sync.
+/// Nodes not up, copies that failed under their serving target (while
+/// they stay out of sync), and locations with blocks not in sync.
 pub async fn errors(store: &dyn MetadataStore) -> Result<Vec<ErrorReport>> {
     let mut out = Vec::new();
     for n in list_nodes(store).await? {
@@ -540,6 +580,24 @@ pub async fn errors(store: &dyn MetadataStore) -> Result<Vec<ErrorReport>> {
                     e.0 += run.blocks.len();
                 }
                 e.1 += l.dirty_bits;
+            }
+        }
+        let problems =
+            match get_typed::<ImageStats>(store, DocKind::Stats, img.name.as_str()).await? {
+                Some((_, st)) => st.problems,
+                None => Vec::new(),
+            };
+        for p in problems {
+            // A copy that failed and is still out of sync somewhere; once
+            // resync clears it, the row goes.
+            if per_node.get(&p.node).is_some_and(|(b, d)| *b > 0 || *d > 0) {
+                out.push(ErrorReport {
+                    what: "copy".into(),
+                    node: p.node,
+                    image: Some(img.name.clone()),
+                    reason: p.reason,
+                    since: Some(p.since),
+                });
             }
         }
         for (node, (blocks, bits)) in per_node {

@@ -102,6 +102,39 @@ pub async fn stats(s: &dyn MetadataStore, out: Out, image: &str) -> CliResult {
             avg(st.write_latency_us_total, st.writes),
         ]);
         t.print("");
+        if !st.locations.is_empty() {
+            println!();
+            let mut t = Table::new(&[
+                "LOCATION",
+                "READS",
+                "READ BYTES",
+                "WRITES",
+                "WRITE BYTES",
+                "FLUSHES",
+                "ERRORS",
+                "AVG LATENCY",
+            ]);
+            for (node, l) in &st.locations {
+                let ops = l.reads + l.writes + l.flushes + l.errors;
+                t.row(vec![
+                    node.to_string(),
+                    l.reads.to_string(),
+                    l.read_bytes.to_string(),
+                    l.writes.to_string(),
+                    l.write_bytes.to_string(),
+                    l.flushes.to_string(),
+                    l.errors.to_string(),
+                    avg(l.latency_us_sum, ops),
+                ]);
+            }
+            t.print("");
+        }
+        if let (Some(by), Some(at)) = (&st.reported_by, st.updated) {
+            println!(
+                "\nreported by {by} at {} (every few seconds while it serves)",
+                at.0
+            );
+        }
     });
     Ok(())
 }

@@ -52,6 +52,29 @@ pub enum ImageCmd {
         /// Image name.
         name: String,
     },
+    /// Move the serving target: hand the image's write lease to another node.
+    ///
+    /// The current holder stops serving the LUN, flushes every copy and
+    /// releases the lease; NODE takes it, reconciles the copies and serves.
+    /// Initiators then log in again at NODE's portal. Returns once NODE
+    /// serves. Without --force a holder that does not answer (stale
+    /// heartbeat) is refused; with --force, NODE takes the lease once the
+    /// old holder's lease has expired (its TTL, 10 s by default), and the
+    /// old holder can no longer acknowledge anything (it is fenced).
+    #[command(verbatim_doc_comment)]
+    Move {
+        /// Image name.
+        name: String,
+        /// The node that serves the image from now on.
+        #[arg(long)]
+        to: String,
+        /// Take the lease from a holder that does not answer, after its TTL.
+        #[arg(long)]
+        force: bool,
+        /// How long to wait for NODE to serve, in seconds.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+    },
     /// Resynchronise out-of-sync locations (not available yet).
     Sync {
         /// Image name.
@@ -151,6 +174,26 @@ pub async fn run(s: &dyn MetadataStore, out: Out, cmd: ImageCmd) -> CliResult {
             info.lease = s.get_lease(&rec.image.name).await?;
             out.emit(&info, || info.print());
         }
+        ImageCmd::Move {
+            name,
+            to,
+            force,
+            timeout,
+        } => {
+            let name: ImageName = parse(&name)?;
+            let to: NodeId = parse(&to)?;
+            let moved = move_image(s, &name, &to, force, timeout).await?;
+            out.emit(&moved, || {
+                let was = moved.previous.as_ref().map_or("free".to_string(), |l| {
+                    format!("{} at generation {}", l.holder, l.generation)
+                });
+                println!(
+                    "image {name} is served by {to} at generation {} (the lease was {was}); \
+                     initiators log in at {to}'s portal",
+                    moved.generation
+                )
+            });
+        }
         ImageCmd::Sync { image, start, end } => {
             let rec = s.load_image(&parse(&image)?).await?;
             let (st, en) = bounds(start, end);
@@ -165,6 +208,112 @@ pub async fn run(s: &dyn MetadataStore, out: Out, cmd: ImageCmd) -> CliResult {
     }
     Ok(())
 }
+
+/// What `locus image move` did.
+#[derive(Debug, Serialize)]
+pub struct Moved {
+    /// The image.
+    pub image: ImageName,
+    /// The new holder.
+    pub holder: NodeId,
+    /// Its lease generation (the fencing token).
+    pub generation: u64,
+    /// The lease before the move, if any.
+    pub previous: Option<blockmap::writer::Lease>,
+    /// How long the handover took, in milliseconds.
+    pub waited_ms: u64,
+}
+
+/// Records the move and waits until `to` serves at a new generation.
+async fn move_image(
+    s: &dyn MetadataStore,
+    name: &ImageName,
+    to: &NodeId,
+    force: bool,
+    timeout: u64,
+) -> CliResult<Moved> {
+    let started = std::time::Instant::now();
+    s.load_image(name).await?;
+    ops::get_node(s, to).await?;
+    let previous = s.get_lease(name).await?;
+    let now = blockmap::types::UnixMillis::now();
+    if let Some(l) = previous
+        .as_ref()
+        .filter(|l| l.holder != *to && l.expires > now)
+    {
+        let holder = ops::get_node(s, &l.holder).await;
+        let answers = holder.as_ref().is_ok_and(|n| {
+            n.live_state(blockmap::types::UnixTime::now()) == blockmap::node::NodeState::Up
+        });
+        if !answers && !force {
+            return Err(CliError::Refused(format!(
+                "image '{name}': its lease holder {} does not answer (no recent heartbeat), so it \
+                 cannot hand the lease over; `locus image move {name} --to {to} --force` takes the \
+                 lease once it expires (in {:.1}s) and fences the old holder",
+                l.holder,
+                (l.expires.0 - now.0) as f64 / 1000.0
+            )));
+        }
+    }
+    let before = s.load_image(name).await?.image.writer;
+    ops::set_writer(s, name, Some(to)).await?;
+    // Already served by `to` (a repeated move): done once it reports so.
+    let floor = match &previous {
+        Some(l) if l.holder == *to => l.generation.saturating_sub(1),
+        Some(l) => l.generation,
+        None => 0,
+    };
+    let deadline = started + std::time::Duration::from_secs(timeout);
+    // Without --force the old holder must let go by itself, within a
+    // fraction of its TTL; one that keeps the lease does not answer.
+    let handover = started + HANDOVER_WAIT;
+    loop {
+        let lease = s.get_lease(name).await?;
+        if let Some(l) = lease
+            .as_ref()
+            .filter(|l| l.holder == *to && l.generation > floor)
+        {
+            let st = ops::image_stats(s, name).await?;
+            if st.reported_by.as_ref() == Some(to) && st.generation == Some(l.generation) {
+                return Ok(Moved {
+                    image: name.clone(),
+                    holder: to.clone(),
+                    generation: l.generation,
+                    previous,
+                    waited_ms: started.elapsed().as_millis() as u64,
+                });
+            }
+        }
+        let old_holds = |l: &blockmap::writer::Lease| {
+            previous.as_ref().is_some_and(|p| {
+                p.holder != *to && p.holder == l.holder && p.generation == l.generation
+            }) && l.expires > blockmap::types::UnixMillis::now()
+        };
+        if !force && std::time::Instant::now() >= handover && lease.as_ref().is_some_and(old_holds)
+        {
+            ops::set_writer(s, name, before.as_ref()).await?;
+            let holder = lease.map(|l| l.holder.to_string()).unwrap_or_default();
+            return Err(CliError::Refused(format!(
+                "image '{name}': its lease holder {holder} did not hand the lease over within \
+                 {}s; nothing was moved. If {holder} is stuck or cut off, `locus image move \
+                 {name} --to {to} --force` takes the lease once it expires and fences {holder}",
+                HANDOVER_WAIT.as_secs()
+            )));
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(CliError::Refused(format!(
+                "image '{name}': node {to} does not serve it after {timeout}s (the move stays \
+                 recorded: {to} takes over when it can). Is locusd running on {to} with the \
+                 cluster secret? See its log and `locus errors`"
+            )));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// How long a holder that answers takes at most to drain, flush and
+/// release the lease on a move.
+const HANDOVER_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// `image info` output.
 #[derive(Debug, Serialize)]
@@ -207,6 +356,9 @@ impl Info {
         println!("granularity  {}", i.granularity);
         println!("generation   {}", i.generation);
         println!("hypervisors  {}", list(&i.hypervisors));
+        if let Some(w) = &i.writer {
+            println!("moved to     {w} (only it serves the image)");
+        }
         println!("lease        {}", lease_line(self.lease.as_ref()));
         println!("version      {}", self.version);
         println!();

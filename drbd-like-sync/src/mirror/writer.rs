@@ -324,6 +324,25 @@ impl Writer {
         self.gate.may_ack()
     }
 
+    /// Whether this writer can never acknowledge again: its lease was lost
+    /// (no renewal before the deadline, or refused by the store), released,
+    /// or a copy refused its generation. The daemon then withdraws the LUN
+    /// and tries to take the lease anew.
+    pub fn is_lost(&self) -> bool {
+        self.mirror.is_fenced()
+            || (!self.gate.may_ack() && self.gate.deadline().is_none_or(|d| d <= Instant::now()))
+    }
+
+    /// The copies that failed under this writer (see [`Mirror::problems`]).
+    pub fn problems(&self) -> Vec<super::Problem> {
+        self.mirror.problems()
+    }
+
+    /// Per-location counters (see [`Mirror::stats`]).
+    pub fn stats(&self) -> std::collections::BTreeMap<NodeId, super::LocationStats> {
+        self.mirror.stats()
+    }
+
     /// When acknowledgements stop unless a renewal succeeds first (`None`
     /// once the lease is lost, released or revoked). On the tokio clock.
     pub fn deadline(&self) -> Option<Instant> {
@@ -345,7 +364,9 @@ impl Writer {
     /// lease (the generation stays; the next writer's acquire raises it).
     /// The lease is released even if the flush failed (that error is
     /// returned); the log keeps our hot extents for the next writer.
-    pub async fn close(self) -> Result<(), WriterError> {
+    /// Callable through a shared handle (a LUN may still hold one): every
+    /// operation after it fails.
+    pub async fn close(&self) -> Result<(), WriterError> {
         let flushed = self.mirror.flush().await;
         self.renewal.abort();
         let g = self.generation();

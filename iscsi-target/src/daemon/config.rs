@@ -111,6 +111,12 @@ pub struct Config {
     /// The file holding the cluster secret that replication peers prove.
     #[serde(default)]
     pub cluster_secret_file: Option<PathBuf>,
+    /// How long an image's write lease lasts without renewal, in seconds
+    /// (default 10). The holder stops acknowledging a fifth of it before
+    /// it ends, and renews every 3/10 of it; a new writer may take over
+    /// from a holder that does not answer once it has ended.
+    #[serde(default = "default_lease_ttl")]
+    pub lease_ttl_secs: u64,
     /// Targets.
     #[serde(default, rename = "target")]
     pub targets: Vec<TargetConfig>,
@@ -212,6 +218,10 @@ fn default_listen() -> Vec<SocketAddr> {
 fn default_data_dir() -> PathBuf {
     PathBuf::from(DEFAULT_DATA_DIR)
 }
+fn default_lease_ttl() -> u64 {
+    10
+}
+
 fn default_engine() -> String {
     "auto".into()
 }
@@ -249,6 +259,7 @@ impl Default for Config {
             role: Role::Both,
             replication_listen: None,
             cluster_secret_file: None,
+            lease_ttl_secs: default_lease_ttl(),
             targets: vec![TargetConfig {
                 name: DEFAULT_TARGET.into(),
                 alias: Some("Locus default target".into()),

@@ -9,9 +9,11 @@
 //! (that is [`crate::metadata`]), and it never talks to the store: the I/O
 //! path only reads an atomic flag.
 //!
-//! Mirroring writes to the image's other locations is a later issue; until
-//! then an image is served only when this node holds an in-sync copy of
-//! every block.
+//! Two serving rules: [`check_placement`] for the embedded store (a single
+//! node: this node must hold an in-sync copy of every block, and the LUN
+//! is that copy), and [`check_serving`] for a shared store with storage
+//! nodes (every block needs an in-sync copy somewhere; the LUN is the
+//! image's mirrored writer, see [`super::mirrored`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -153,6 +155,136 @@ pub fn check_placement(rec: &ImageRecord, node: &NodeId) -> Result<(), Placement
             image: img.name.clone(),
             node: node.clone(),
             stale: RangeList(stale),
+        });
+    }
+    Ok(())
+}
+
+/// Why a node may not serve a mirrored image (the rule of a store with
+/// storage nodes, where a target reads and writes every copy through the
+/// image's write lease). Displayed for operators.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ServingError {
+    /// The image does not exist in the store.
+    #[error("image '{image}' does not exist (see `locus image list`)")]
+    ImageMissing {
+        /// The image.
+        image: ImageName,
+    },
+    /// The operator moved the image to another node.
+    #[error("image '{image}' is served by node '{writer}' (moved there with `locus image move`), not by '{node}'")]
+    MovedElsewhere {
+        /// The image.
+        image: ImageName,
+        /// This node.
+        node: NodeId,
+        /// The node it was moved to.
+        writer: NodeId,
+    },
+    /// The image's hypervisor list excludes this node.
+    #[error("image '{image}' may not be served by node '{node}': its hypervisors are {allowed}")]
+    NotAHypervisor {
+        /// The image.
+        image: ImageName,
+        /// This node.
+        node: NodeId,
+        /// The allowed nodes, comma-separated.
+        allowed: String,
+    },
+    /// Some blocks have no in-sync copy anywhere: reading them could return
+    /// stale data (invariant 3, ARCHITECTURE.md).
+    #[error("image '{image}' is not served: blocks {blocks} have no in-sync copy on any node")]
+    NoInSyncCopy {
+        /// The image.
+        image: ImageName,
+        /// The blocks without one.
+        blocks: RangeList,
+    },
+    /// Copies on other nodes, but no cluster secret to reach them with.
+    #[error("image '{image}' has copies on other nodes ({nodes}), but this node has no cluster secret to reach them (--cluster-secret-file or LOCUS_CLUSTER_SECRET_FILE)")]
+    NoSecret {
+        /// The image.
+        image: ImageName,
+        /// The other nodes, comma-separated.
+        nodes: String,
+    },
+}
+
+/// The serving rule of a mirrored image: `node` may take its write lease
+/// and serve it when the image was moved to `node` (or, when it was not
+/// moved, `node` is one of its hypervisors or the list is empty), and every
+/// block has an in-sync copy somewhere, here or on another node. Copies on
+/// other nodes need the cluster secret (`has_secret`). One pass over the
+/// runs, plus one bitmap probe per block of runs whose copies have dirty
+/// bits.
+pub fn check_serving(
+    rec: &ImageRecord,
+    node: &NodeId,
+    has_secret: bool,
+) -> Result<(), ServingError> {
+    let img = &rec.image;
+    if !img.may_serve(node) {
+        return Err(match &img.writer {
+            Some(w) => ServingError::MovedElsewhere {
+                image: img.name.clone(),
+                node: node.clone(),
+                writer: w.clone(),
+            },
+            None => ServingError::NotAHypervisor {
+                image: img.name.clone(),
+                node: node.clone(),
+                allowed: img
+                    .hypervisors
+                    .iter()
+                    .map(NodeId::as_str)
+                    .collect::<Vec<_>>()
+                    .join(","),
+            },
+        });
+    }
+    let mut orphans = Vec::new();
+    for run in rec.placement.runs() {
+        let clean = run.locations.iter().any(|(n, st)| {
+            *st == SyncState::InSync && rec.dirty.get(n).is_none_or(|b| b.is_clean())
+        });
+        if clean {
+            continue;
+        }
+        for b in run.range.start.0..run.range.end.0 {
+            let any = run
+                .locations
+                .keys()
+                .any(|n| rec.block_state(BlockIndex(b), n) == Some(SyncState::InSync));
+            if !any {
+                push(
+                    &mut orphans,
+                    BlockRange {
+                        start: BlockIndex(b),
+                        end: BlockIndex(b + 1),
+                    },
+                );
+            }
+        }
+    }
+    if !orphans.is_empty() {
+        return Err(ServingError::NoInSyncCopy {
+            image: img.name.clone(),
+            blocks: RangeList(orphans),
+        });
+    }
+    let others: Vec<NodeId> = rec
+        .location_nodes()
+        .into_iter()
+        .filter(|n| n != node)
+        .collect();
+    if !has_secret && !others.is_empty() {
+        return Err(ServingError::NoSecret {
+            image: img.name.clone(),
+            nodes: others
+                .iter()
+                .map(NodeId::as_str)
+                .collect::<Vec<_>>()
+                .join(","),
         });
     }
     Ok(())
@@ -308,6 +440,20 @@ pub fn build_unit(
             msg
         })?,
     );
+    let lu = image_lun(data_dir, image, geometry, backend.clone())?;
+    Ok((lu, backend))
+}
+
+/// A logical unit over any backend of `image` (its local copy, or the
+/// mirrored writer): the same identity and geometry on every node, so an
+/// initiator that logs in again at another node after `locus image move`
+/// sees the same device.
+pub fn image_lun(
+    data_dir: &Path,
+    image: &ImageName,
+    geometry: ImageGeometry,
+    backend: Arc<dyn BlockBackend>,
+) -> Result<Arc<LogicalUnit>, String> {
     let id = format!("locus-image/{image}");
     use sha2::Digest;
     let serial = hex::encode(&sha2::Sha256::digest(id.as_bytes())[..8]);
@@ -317,9 +463,9 @@ pub fn build_unit(
     cfg.write_cache = true;
     cfg.thin = true;
     cfg.pr_path = Some(image_path(data_dir, image).with_extension("pr.json"));
-    let lu = LogicalUnit::new(cfg, backend.clone())
+    let lu = LogicalUnit::new(cfg, backend)
         .map_err(|e| format!("image '{image}': cannot set up the LUN: {e}"))?;
-    Ok((Arc::new(lu), backend))
+    Ok(Arc::new(lu))
 }
 
 #[cfg(test)]

@@ -34,11 +34,12 @@ use blockmap::store::MetadataStore;
 use blockmap::target::Target;
 use blockmap::types::{ImageName, Iqn, NodeId};
 use blockmap::{Error as StoreError, ErrorKind};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::daemon::imagelun::{
-    build_unit, check_placement, ImageBackend, ImageGeometry, PlacementError,
+    build_unit, check_placement, check_serving, ImageBackend, ImageGeometry, PlacementError,
 };
+use crate::daemon::mirrored::{MirrorContext, MirroredUnit, StoreHandle};
 use crate::daemon::targets::{TargetSet, PORTAL_GROUP_TAG};
 use crate::login::{ChapCredentials, TargetAuthInfo};
 use crate::scsi::LogicalUnit;
@@ -125,10 +126,34 @@ pub struct LunProblem {
 }
 
 /// A logical unit over one image, shared by every LUN that maps the image.
-struct Unit {
-    geometry: ImageGeometry,
-    lu: Arc<LogicalUnit>,
-    backend: Arc<ImageBackend>,
+enum Unit {
+    /// This node's own copy (the embedded store's single-node rule).
+    Local {
+        geometry: ImageGeometry,
+        lu: Arc<LogicalUnit>,
+        backend: Arc<ImageBackend>,
+    },
+    /// The image's writer over every copy (a shared store).
+    Mirrored(MirroredUnit),
+}
+
+impl Unit {
+    /// Stops serving: in-flight commands on a local copy fail, and what was
+    /// written reaches stable storage; a writer flushes every copy and
+    /// releases its lease. The handle ends when that is done.
+    fn retire(self, img: ImageName) -> Option<tokio::task::JoinHandle<()>> {
+        match self {
+            Unit::Local { backend, .. } => {
+                backend.revoke();
+                Some(tokio::spawn(async move {
+                    if let Err(e) = backend.flush().await {
+                        tracing::error!(image = %img, error = %e, "flush of a removed LUN failed");
+                    }
+                }))
+            }
+            Unit::Mirrored(m) => m.retire(),
+        }
+    }
 }
 
 /// What this module installed in the [`TargetSet`].
@@ -138,6 +163,9 @@ struct Installed {
     targets: BTreeMap<String, Target>,
     /// LUN number to image, per target, of LUNs actually served.
     served: BTreeMap<String, BTreeMap<u64, ImageName>>,
+    /// Images that should be served (the serving rule allows it), per
+    /// target and LUN: a writer may still be taking the lease for them.
+    wanted: BTreeMap<String, BTreeMap<u64, ImageName>>,
     /// Open image units.
     units: BTreeMap<ImageName, Unit>,
 }
@@ -148,7 +176,7 @@ struct Installed {
 pub struct StoreSync {
     targets: Arc<TargetSet>,
     /// The current handle; replaced after a failure when `reopen` is set.
-    store: std::sync::RwLock<Arc<dyn MetadataStore>>,
+    store: Arc<std::sync::RwLock<Arc<dyn MetadataStore>>>,
     /// The URL to open a fresh handle from after the store failed (a Redis
     /// connection does not come back by itself after a server restart).
     reopen: Option<String>,
@@ -159,6 +187,13 @@ pub struct StoreSync {
     reserved: BTreeSet<String>,
     state: tokio::sync::Mutex<Installed>,
     problems: Mutex<BTreeMap<(String, u64), LunProblem>>,
+    /// Set for a shared store: image LUNs are served through their writer.
+    mirroring: Option<Arc<MirrorContext>>,
+    /// Writers report here when their LUN appears or goes.
+    wake_tx: mpsc::UnboundedSender<ImageName>,
+    wake_rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<ImageName>>,
+    /// Units being retired (flushing, releasing their lease).
+    retiring: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl StoreSync {
@@ -173,9 +208,10 @@ impl StoreSync {
         engine: EngineConfig,
         config_targets: impl IntoIterator<Item = String>,
     ) -> Self {
+        let (wake_tx, wake_rx) = mpsc::unbounded_channel();
         StoreSync {
             targets,
-            store: std::sync::RwLock::new(store),
+            store: Arc::new(std::sync::RwLock::new(store)),
             reopen: None,
             node,
             data_dir,
@@ -186,7 +222,47 @@ impl StoreSync {
                 .collect(),
             state: tokio::sync::Mutex::new(Installed::default()),
             problems: Mutex::new(BTreeMap::new()),
+            mirroring: None,
+            wake_tx,
+            wake_rx: tokio::sync::Mutex::new(wake_rx),
+            retiring: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Serves image LUNs through their mirrored writer (a shared store
+    /// with storage nodes): the serving rule becomes
+    /// [`check_serving`], and a LUN appears once its writer holds the
+    /// lease and has reconciled. Without this, an image is served from
+    /// this node's own copy ([`check_placement`]).
+    pub fn with_mirroring(mut self, ctx: MirrorContext) -> Self {
+        self.mirroring = Some(Arc::new(ctx));
+        self
+    }
+
+    /// Stops every writer: each flushes its copies and releases its lease
+    /// (at shutdown, after the initiators logged out).
+    pub async fn close_all(&self) {
+        let mut st = self.state.lock().await;
+        let units = std::mem::take(&mut st.units);
+        drop(st);
+        let mut handles: Vec<_> = units
+            .into_iter()
+            .filter_map(|(img, u)| u.retire(img))
+            .collect();
+        handles.extend(
+            self.retiring
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .drain(..),
+        );
+        for h in handles {
+            let _ = h.await;
+        }
+    }
+
+    fn store_handle(&self) -> StoreHandle {
+        let cell = Arc::clone(&self.store);
+        Arc::new(move || cell.read().unwrap_or_else(|p| p.into_inner()).clone())
     }
 
     /// After a store failure, open a fresh handle from `url` before
@@ -271,24 +347,30 @@ impl StoreSync {
                 self.collect_units(&mut st);
             }
             Change::Image { name, .. } | Change::ImageDeleted { name } => {
-                let mut st = self.state.lock().await;
-                let users: Vec<Target> = st
-                    .targets
-                    .values()
-                    .filter(|t| t.luns.values().any(|i| i.as_str() == name))
-                    .cloned()
-                    .collect();
-                if users.is_empty() {
-                    return Ok(());
-                }
-                let images = self.evaluate_images(users.iter()).await?;
-                for t in users {
-                    self.apply_target(&mut st, t, &images);
-                }
-                self.collect_units(&mut st);
+                self.reapply(&name).await?;
             }
             Change::Doc { .. } | Change::Dirty { .. } | Change::Lease { .. } => {}
         }
+        Ok(())
+    }
+
+    /// Evaluates again every target that maps image `name`.
+    async fn reapply(&self, name: &str) -> Result<(), StoreError> {
+        let mut st = self.state.lock().await;
+        let users: Vec<Target> = st
+            .targets
+            .values()
+            .filter(|t| t.luns.values().any(|i| i.as_str() == name))
+            .cloned()
+            .collect();
+        if users.is_empty() {
+            return Ok(());
+        }
+        let images = self.evaluate_images(users.iter()).await?;
+        for t in users {
+            self.apply_target(&mut st, t, &images);
+        }
+        self.collect_units(&mut st);
         Ok(())
     }
 
@@ -306,9 +388,12 @@ impl StoreSync {
                     continue;
                 }
                 let verdict = match store.load_image(img).await {
-                    Ok(rec) => check_placement(&rec, &self.node)
-                        .map(|()| ImageGeometry::of(&rec))
-                        .map_err(|e| e.to_string()),
+                    Ok(rec) => match &self.mirroring {
+                        None => check_placement(&rec, &self.node).map_err(|e| e.to_string()),
+                        Some(m) => check_serving(&rec, &self.node, m.handshake.is_some())
+                            .map_err(|e| e.to_string()),
+                    }
+                    .map(|()| ImageGeometry::of(&rec)),
                     Err(StoreError::ImageNotFound(_)) => {
                         Err(PlacementError::ImageMissing { image: img.clone() }.to_string())
                     }
@@ -346,6 +431,9 @@ impl StoreSync {
             served.remove(&l);
             tracing::info!(target = %t.iqn, lun = l, "LUN removed");
         }
+        if let Some(w) = st.wanted.get_mut(&key) {
+            w.retain(|l, _| t.luns.contains_key(l));
+        }
         self.problems
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -355,13 +443,24 @@ impl StoreSync {
                 .get(img)
                 .cloned()
                 .unwrap_or_else(|| Err(format!("image '{img}' was not evaluated")));
+            let wanted = st.wanted.entry(key.clone()).or_default();
+            if verdict.is_ok() {
+                wanted.insert(l, img.clone());
+            } else {
+                wanted.remove(&l);
+            }
             let verdict = verdict.and_then(|g| self.unit(&mut st.units, img, g));
             match verdict {
                 Ok(lu) => {
                     if !scsi.lun(l).is_some_and(|cur| Arc::ptr_eq(&cur, &lu)) {
                         scsi.add_lun(l, lu);
+                        let from = if self.mirroring.is_some() {
+                            "the image's writer (every in-sync copy)"
+                        } else {
+                            "this node's copy of the image"
+                        };
                         tracing::info!(target = %t.iqn, lun = l, image = %img, node = %self.node,
-                            "LUN served from this node's copy of the image");
+                            from, "LUN served");
                     }
                     st.served
                         .entry(key.clone())
@@ -396,8 +495,15 @@ impl StoreSync {
         match p {
             Some(p) => {
                 if map.get(&k).is_none_or(|old| old.reason != p.reason) {
-                    tracing::error!(target = %p.target, lun, image = %p.image, node = %self.node,
-                        "LUN not served: {}", p.reason);
+                    if self.mirroring.is_some() {
+                        // In a cluster most nodes do not serve most images
+                        // (not the holder, still taking the lease): normal.
+                        tracing::info!(target = %p.target, lun, image = %p.image,
+                            node = %self.node, "LUN not served here: {}", p.reason);
+                    } else {
+                        tracing::error!(target = %p.target, lun, image = %p.image,
+                            node = %self.node, "LUN not served: {}", p.reason);
+                    }
                 }
                 map.insert(k, p);
             }
@@ -407,31 +513,61 @@ impl StoreSync {
         }
     }
 
-    /// The unit of `img` with geometry `g`, opening its local copy if needed.
+    /// The unit of `img` with geometry `g`: its local copy, opened if
+    /// needed, or its writer, started if needed (its LUN is an error until
+    /// the writer serves).
     fn unit(
         &self,
         units: &mut BTreeMap<ImageName, Unit>,
         img: &ImageName,
         g: ImageGeometry,
     ) -> Result<Arc<LogicalUnit>, String> {
-        if let Some(u) = units.get(img) {
-            if u.geometry == g && !u.backend.is_revoked() {
-                return Ok(u.lu.clone());
+        match units.get(img) {
+            Some(Unit::Local {
+                geometry,
+                lu,
+                backend,
+            }) if *geometry == g && !backend.is_revoked() && self.mirroring.is_none() => {
+                return Ok(lu.clone())
             }
+            Some(Unit::Mirrored(m)) if m.geometry == g && self.mirroring.is_some() => {
+                return m.lu()
+            }
+            _ => {}
         }
         if let Some(old) = units.remove(img) {
-            old.backend.revoke();
+            self.retire(old, img);
+        }
+        if let Some(ctx) = &self.mirroring {
+            let m = MirroredUnit::start(
+                Arc::clone(ctx),
+                self.store_handle(),
+                img.clone(),
+                g,
+                self.wake_tx.clone(),
+            );
+            let lu = m.lu();
+            units.insert(img.clone(), Unit::Mirrored(m));
+            return lu;
         }
         let (lu, backend) = build_unit(&self.data_dir, img, g, self.engine)?;
         units.insert(
             img.clone(),
-            Unit {
+            Unit::Local {
                 geometry: g,
                 lu: lu.clone(),
                 backend,
             },
         );
         Ok(lu)
+    }
+
+    fn retire(&self, u: Unit, img: &ImageName) {
+        if let Some(h) = u.retire(img.clone()) {
+            let mut r = self.retiring.lock().unwrap_or_else(|p| p.into_inner());
+            r.retain(|h| !h.is_finished());
+            r.push(h);
+        }
     }
 
     /// Removes a store target and all its LUNs.
@@ -445,6 +581,7 @@ impl StoreSync {
             }
         }
         st.served.remove(key);
+        st.wanted.remove(key);
         self.problems
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -455,7 +592,12 @@ impl StoreSync {
     /// Closes units no served LUN uses any more; in-flight commands on them
     /// fail instead of writing to a copy that is no longer served.
     fn collect_units(&self, st: &mut Installed) {
-        let used: BTreeSet<&ImageName> = st.served.values().flat_map(|m| m.values()).collect();
+        let used: BTreeSet<&ImageName> = st
+            .served
+            .values()
+            .chain(st.wanted.values())
+            .flat_map(|m| m.values())
+            .collect();
         let unused: Vec<ImageName> = st
             .units
             .keys()
@@ -464,14 +606,9 @@ impl StoreSync {
             .collect();
         for img in unused {
             if let Some(u) = st.units.remove(&img) {
-                u.backend.revoke();
                 // What was written before the LUN went away reaches stable
-                // storage, as at shutdown.
-                tokio::spawn(async move {
-                    if let Err(e) = u.backend.flush().await {
-                        tracing::error!(image = %img, error = %e, "flush of a removed LUN failed");
-                    }
-                });
+                // storage, as at shutdown; a writer also gives its lease back.
+                self.retire(u, &img);
             }
         }
     }
@@ -496,10 +633,18 @@ impl StoreSync {
                     Err(e) => e,
                     Ok(()) => {
                         backoff = BACKOFF_MIN;
+                        let mut wake = self.wake_rx.lock().await;
                         loop {
                             let item = tokio::select! {
                                 _ = shutdown.changed() => return,
                                 i = feed.next() => i,
+                                Some(img) = wake.recv() => {
+                                    // A writer's LUN appeared or went.
+                                    if let Err(e) = self.reapply(img.as_str()).await {
+                                        break e;
+                                    }
+                                    continue;
+                                }
                             };
                             match item {
                                 Some(Ok(change)) => {
@@ -557,8 +702,15 @@ fn auth_of(t: &Target) -> TargetAuthInfo {
     }
 }
 
+/// Whether `url` names a store shared between nodes (Redis), where image
+/// LUNs are mirrored; the embedded store is a single node's.
+pub fn is_shared_store(url: &str) -> bool {
+    url.contains("://") && !url.starts_with("embedded://")
+}
+
 /// Opens the store named in the config, checks the node, loads every store
-/// target into `targets` and starts the change-feed loop. Fails (with the
+/// target into `targets` and starts the change-feed loop. With `mirroring`
+/// (a shared store), image LUNs are served through their writers. Fails (with the
 /// store's own message: unreachable, wrong password, corrupt file) when the
 /// store cannot be opened or read at start.
 pub async fn start(
@@ -566,6 +718,7 @@ pub async fn start(
     node: &str,
     targets: Arc<TargetSet>,
     cfg: &crate::daemon::config::Config,
+    mirroring: Option<MirrorContext>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(Arc<StoreSync>, tokio::task::JoinHandle<()>), StoreError> {
     let node = NodeId::new(node)?;
@@ -573,17 +726,19 @@ pub async fn start(
     warn_if_not_durable(&*store).await;
     check_node(&*store, &node).await;
     let engine = cfg.engine_config();
-    let sync = Arc::new(
-        StoreSync::new(
-            targets,
-            store,
-            node,
-            cfg.data_dir.clone(),
-            engine,
-            cfg.targets.iter().map(|t| t.name.clone()),
-        )
-        .with_reopen(url),
-    );
+    let mut sync = StoreSync::new(
+        targets,
+        store,
+        node,
+        cfg.data_dir.clone(),
+        engine,
+        cfg.targets.iter().map(|t| t.name.clone()),
+    )
+    .with_reopen(url);
+    if let Some(m) = mirroring {
+        sync = sync.with_mirroring(m);
+    }
+    let sync = Arc::new(sync);
     sync.reload_all().await?;
     let task = tokio::spawn(sync.clone().run(shutdown));
     Ok((sync, task))

@@ -13,6 +13,7 @@ pub mod config;
 pub mod heartbeat;
 pub mod imagelun;
 pub mod metadata;
+pub mod mirrored;
 pub mod storage_role;
 pub mod targets;
 
@@ -96,7 +97,20 @@ pub async fn run(
     let node_name = cfg.node.clone().unwrap_or_else(metadata::default_node_id);
     let node = blockmap::types::NodeId::new(node_name.as_str()).map_err(DaemonError::NodeId)?;
     let mut tasks = Vec::new();
-    if let Some(role) = storage_role::prepare(&cfg, cfg.metadata.as_deref(), &node).await? {
+    let secret = storage_role::secret_of(&cfg)?;
+    let table = match cfg.metadata.as_deref() {
+        Some(url) => Some(storage_role::image_table(&cfg, url, &node).await?),
+        None => None,
+    };
+    if let Some(role) = storage_role::prepare(
+        &cfg,
+        cfg.metadata.as_deref(),
+        &node,
+        table.clone(),
+        secret.clone(),
+    )
+    .await?
+    {
         tasks.push(tokio::spawn(drbd_like_sync::node::serve(
             role.listener,
             role.node,
@@ -122,14 +136,33 @@ pub async fn run(
         return Ok(());
     }
     let targets = build_targets(&cfg, &listeners)?;
+    let mut store_sync = None;
     if let Some(url) = &cfg.metadata {
-        let (sync, task) =
-            metadata::start(url, &node_name, targets.clone(), &cfg, shutdown.clone())
-                .await
-                .map_err(|source| DaemonError::Store {
-                    url: url.clone(),
-                    source,
-                })?;
+        let mirroring = match (metadata::is_shared_store(url), table) {
+            (true, Some(table)) => Some(
+                mirroring_context(&cfg, url, &node, table, secret)
+                    .await
+                    .map_err(|source| DaemonError::Store {
+                        url: url.clone(),
+                        source,
+                    })?,
+            ),
+            _ => None,
+        };
+        let (sync, task) = metadata::start(
+            url,
+            &node_name,
+            targets.clone(),
+            &cfg,
+            mirroring,
+            shutdown.clone(),
+        )
+        .await
+        .map_err(|source| DaemonError::Store {
+            url: url.clone(),
+            source,
+        })?;
+        store_sync = Some(sync.clone());
         tracing::info!(node = %node, "serving the targets of the metadata store too");
         tasks.push(task);
         tasks.push(tokio::spawn(heartbeat::run(
@@ -150,6 +183,11 @@ pub async fn run(
         );
     }
     serve(&cfg, targets, listeners, shutdown).await;
+    // Every writer flushes its copies and gives its lease back, so the
+    // next holder need not wait out the TTL.
+    if let Some(sync) = store_sync {
+        sync.close_all().await;
+    }
     // The feed loop, the heartbeat and the storage role end on the same
     // shutdown signal; the heartbeat records the node as down on its way
     // out, and the storage role flushes its copies.
@@ -157,6 +195,32 @@ pub async fn run(
         let _ = task.await;
     }
     Ok(())
+}
+
+/// What the writers of this node share: its copies, its cluster secret,
+/// its site (from the node registry), and the lease TTL.
+async fn mirroring_context(
+    cfg: &Config,
+    url: &str,
+    node: &blockmap::types::NodeId,
+    table: Arc<drbd_like_sync::node::ImageTable>,
+    secret: Option<drbd_like_sync::proto::ClusterSecret>,
+) -> Result<mirrored::MirrorContext, blockmap::Error> {
+    let store = metadata::open_store(url).await?;
+    let site = match blockmap::ops::get_node(&*store, node).await {
+        Ok(n) => n.site,
+        Err(_) => None,
+    };
+    Ok(mirrored::MirrorContext {
+        table,
+        handshake: secret.map(|secret| drbd_like_sync::proto::HandshakeConfig {
+            node_id: node.clone(),
+            secret,
+        }),
+        site,
+        lease: mirrored::MirrorContext::lease_from_ttl(cfg.lease_ttl_secs),
+        data_dir: cfg.data_dir.clone(),
+    })
 }
 
 /// Serves `targets` on `listeners` until `shutdown` becomes true, then asks

@@ -113,33 +113,70 @@ pub struct StorageRole {
     pub node: Arc<StorageNode>,
 }
 
+/// This node's table of copies, opened on first use, with sizes from the
+/// store at `url` (reopened once after the store failed). The storage role
+/// and the target role's writers share it, so the local copy has one
+/// generation gate.
+pub async fn image_table(
+    cfg: &Config,
+    url: &str,
+    node: &NodeId,
+) -> Result<Arc<ImageTable>, StorageRoleError> {
+    let store = open_store(url)
+        .await
+        .map_err(|source| StorageRoleError::Store {
+            node: node.clone(),
+            source,
+        })?;
+    let catalog = Arc::new(Reopening {
+        url: url.to_string(),
+        current: std::sync::RwLock::new(Arc::new(StoreCatalog(store))),
+    });
+    Ok(Arc::new(ImageTable::new(
+        node.clone(),
+        &cfg.data_dir,
+        cfg.engine_config(),
+        catalog,
+    )))
+}
+
+/// Reads the cluster secret named by the config, if any.
+pub fn secret_of(cfg: &Config) -> Result<Option<ClusterSecret>, StorageRoleError> {
+    cfg.cluster_secret_file
+        .as_deref()
+        .map(read_secret)
+        .transpose()
+}
+
 /// Prepares the storage role for `cfg`, or `Ok(None)` when it is off (the
-/// log says why). `store` is the daemon's handle on the metadata store.
+/// log says why). `table` holds this node's copies; `secret` is the
+/// cluster secret read from the config's file, if any.
 pub async fn prepare(
     cfg: &Config,
     url: Option<&str>,
     node: &NodeId,
+    table: Option<Arc<ImageTable>>,
+    secret: Option<ClusterSecret>,
 ) -> Result<Option<StorageRole>, StorageRoleError> {
     let required = cfg.role == Role::Storage;
     let off = |why: &str| {
         tracing::info!(reason = why, "storage role off");
         Ok(None)
     };
-    let Some(url) = url else {
+    let (Some(url), Some(table)) = (url, table) else {
         return if required {
             Err(StorageRoleError::NoStore)
         } else {
             Ok(None)
         };
     };
-    let Some(secret_file) = &cfg.cluster_secret_file else {
+    let Some(secret) = secret else {
         return if required {
             Err(StorageRoleError::NoSecret)
         } else {
             off("no cluster secret (--cluster-secret-file)")
         };
     };
-    let secret = read_secret(secret_file)?;
     let store = open_store(url)
         .await
         .map_err(|source| StorageRoleError::Store {
@@ -153,16 +190,6 @@ pub async fn prepare(
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|source| StorageRoleError::Bind { addr, source })?;
-    let catalog = Arc::new(Reopening {
-        url: url.to_string(),
-        current: std::sync::RwLock::new(Arc::new(StoreCatalog(store))),
-    });
-    let table = Arc::new(ImageTable::new(
-        node.clone(),
-        &cfg.data_dir,
-        cfg.engine_config(),
-        catalog,
-    ));
     let node = Arc::new(StorageNode::new(
         NodeConfig::new(node.clone(), secret),
         table,
