@@ -44,7 +44,7 @@ impl Default for AlConfig {
     fn default() -> Self {
         AlConfig {
             extent_size: 4 << 20,
-            capacity: 64,
+            capacity: 1024,
         }
     }
 }

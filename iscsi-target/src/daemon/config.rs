@@ -117,6 +117,12 @@ pub struct Config {
     /// from a holder that does not answer once it has ended.
     #[serde(default = "default_lease_ttl")]
     pub lease_ttl_secs: u64,
+    /// Activity-log extents (4 MiB each) a writer keeps hot (default 1024,
+    /// a 4 GiB working set). Writes inside the working set cost no store
+    /// round trip; a larger set means more to reconcile after a crash of
+    /// the writer.
+    #[serde(default = "default_al_extents")]
+    pub activity_log_extents: usize,
     /// Targets.
     #[serde(default, rename = "target")]
     pub targets: Vec<TargetConfig>,
@@ -222,6 +228,10 @@ fn default_lease_ttl() -> u64 {
     10
 }
 
+fn default_al_extents() -> usize {
+    1024
+}
+
 fn default_engine() -> String {
     "auto".into()
 }
@@ -260,6 +270,7 @@ impl Default for Config {
             replication_listen: None,
             cluster_secret_file: None,
             lease_ttl_secs: default_lease_ttl(),
+            activity_log_extents: default_al_extents(),
             targets: vec![TargetConfig {
                 name: DEFAULT_TARGET.into(),
                 alias: Some("Locus default target".into()),

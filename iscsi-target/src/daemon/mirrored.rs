@@ -63,6 +63,8 @@ pub struct MirrorContext {
     pub site: Option<String>,
     /// Lease timing.
     pub lease: LeaseConfig,
+    /// Activity-log extents kept hot (4 MiB each).
+    pub al_extents: usize,
     /// Where persistent reservations are kept.
     pub data_dir: PathBuf,
 }
@@ -305,6 +307,7 @@ impl Task {
         mirror.site = self.ctx.site.clone();
         let mut cfg = WriterConfig::new(mirror);
         cfg.lease = self.ctx.lease;
+        cfg.al.capacity = self.ctx.al_extents.max(1);
         Writer::take(cfg, store, Arc::clone(&self.ctx.table)).await
     }
 

@@ -219,6 +219,7 @@ async fn mirroring_context(
         }),
         site,
         lease: mirrored::MirrorContext::lease_from_ttl(cfg.lease_ttl_secs),
+        al_extents: cfg.activity_log_extents,
         data_dir: cfg.data_dir.clone(),
     })
 }
