@@ -1,13 +1,21 @@
 //! The kernel-initiator suite: `../shared/e2e/kernel-initiator.sh` (a qemu
-//! guest running open-iscsi: login, mkfs, mount, write, verify) against a
-//! fresh target, once per mode: plain, one-way CHAP, CRC32C digests.
+//! guest running open-iscsi: login, mkfs, mount, write, verify, fsck)
+//! against a fresh target, once per mode: plain, one-way CHAP, CRC32C
+//! digests. The target's IQN and LUN come from the [`RunningTarget`]: the
+//! default target's LUN 0 for locusd, LUN 1 for tgtd, the mirrored target's
+//! LUN 0 (served by n1) for a mirrored cluster, where CHAP is set with
+//! `locus target chap set`.
 //!
 //! Owns choosing the modes and reading the script's verdict line
-//! (`kernel-initiator: PASS` / `kernel-initiator: FAIL <reason>`).
+//! (`kernel-initiator: PASS` / `kernel-initiator: FAIL <reason>`). A mode
+//! passes when the script says PASS and exits 0 and the target then stops
+//! cleanly ([`RunningTarget::finish`]: locusd exits 0 on SIGTERM; a mirrored
+//! LUN's copies are all in sync and identical). A missing script fails
+//! every mode.
 
 use crate::proc;
 use crate::report::{Checks, SuiteResult};
-use crate::target::{Chap, RunningTarget, Setup, TargetKind, DEFAULT_IQN};
+use crate::target::{Chap, RunningTarget, Setup, TargetKind};
 use anyhow::{bail, Result};
 use std::path::PathBuf;
 use std::process::Command;
@@ -89,7 +97,7 @@ fn run_mode(kind: &TargetKind, opts: &Options, mode: Mode) -> Result<String> {
         .arg("--portal")
         .arg(target.addr().to_string())
         .arg("--target")
-        .arg(DEFAULT_IQN)
+        .arg(target.iqn())
         .arg("--lun")
         .arg(target.lun().to_string())
         .arg("--timeout")
@@ -105,26 +113,40 @@ fn run_mode(kind: &TargetKind, opts: &Options, mode: Mode) -> Result<String> {
         }
     }
     let t0 = Instant::now();
-    let prefix = format!("  [kernel {}] ", mode.name());
+    let prefix = format!("  [kernel{} {}] ", kind.tag(), mode.name());
     let out = proc::run(
         &mut cmd,
         opts.timeout + Duration::from_secs(120),
         Some(&prefix),
     )?;
+    let secs = t0.elapsed().as_secs_f64();
     let text = format!("{}{}", out.stdout, out.stderr);
     let v = verdict(&text);
-    match (&v, out.status.success()) {
-        (Ok(()), true) => Ok(format!("{:.0}s", t0.elapsed().as_secs_f64())),
-        (Ok(()), false) => bail!("verdict PASS but exit status {}", out.status),
-        (Err(e), _) => bail!("{e:#}\n{}", target.log_tail(30)),
+    let ran = match (&v, out.status.success()) {
+        (Ok(()), true) => Ok(()),
+        (Ok(()), false) => Err(format!("verdict PASS but exit status {}", out.status)),
+        (Err(e), _) => Err(format!("{e:#}\n{}", target.log_tail(30))),
+    };
+    let stopped = target.finish();
+    match (ran, stopped) {
+        (Ok(()), Ok(note)) if note.is_empty() => Ok(format!("{secs:.0}s")),
+        (Ok(()), Ok(note)) => Ok(format!("{secs:.0}s; {note}")),
+        (Ok(()), Err(e)) => bail!("the guest passed, but stopping the target: {e:#}"),
+        (Err(e), Ok(_)) => bail!("{e}"),
+        (Err(e), Err(s)) => bail!("{e}\nand stopping the target: {s:#}"),
     }
 }
 
 /// Runs each mode against its own fresh target.
 pub fn run(kind: &TargetKind, opts: &Options) -> SuiteResult {
-    let mut checks = Checks::new("kernel");
+    let mut checks = Checks::new("kernel", kind);
     for &mode in &opts.modes {
-        println!("kernel: {} against a fresh {}", mode.name(), kind.name());
+        println!(
+            "kernel{}: {} against a fresh {}",
+            kind.tag(),
+            mode.name(),
+            kind.describe()
+        );
         checks.record(mode.name(), &run_mode(kind, opts, mode));
     }
     checks.finish()

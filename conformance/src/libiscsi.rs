@@ -4,6 +4,13 @@
 //! Owns the command line (both initiator names, `--dataloss`), the log files
 //! it leaves in the log dir, and the verdict. Parsing lives in
 //! [`crate::cunit`], the regression rules in [`crate::expectations`].
+//!
+//! A mirrored LUN is held to the local LUN's expectations file
+//! (`expectations/libiscsi.toml`): it must do exactly as well. `--bless` is
+//! refused on it, so that a mirrored-only failure cannot be written into the
+//! file. After the run the target must stop cleanly
+//! ([`RunningTarget::finish`]: locusd exits 0 on SIGTERM; a mirrored LUN's
+//! copies are all in sync and identical), or the suite fails.
 
 use crate::cunit::{self, Outcome};
 use crate::expectations::Expectations;
@@ -36,23 +43,34 @@ pub struct Options {
 
 /// Runs the suite against a fresh target of `kind`.
 pub fn run(kind: &TargetKind, opts: &Options) -> Result<SuiteResult> {
-    let mut result = SuiteResult {
-        suite: "libiscsi",
-        summary: Default::default(),
-        ok: false,
-    };
+    let mut result = SuiteResult::new("libiscsi", kind);
+    let tag = format!("libiscsi{}", kind.tag());
+    if opts.bless && matches!(kind, TargetKind::Mirrored { .. }) {
+        println!(
+            "FAIL {tag}: --bless is refused on a mirrored LUN: it must meet the local LUN's \
+             expectations ({}), not rewrite them; bless with --target locusd",
+            opts.expectations.display()
+        );
+        result.summary.failed = 1;
+        return Ok(result);
+    }
     let mut target = match RunningTarget::start(kind, &Setup::default()) {
         Ok(t) => t,
         Err(e) => {
-            println!("FAIL libiscsi start {}: {e:#}", kind.name());
+            println!("FAIL {tag} start {}: {e:#}", kind.name());
             result.summary.failed = 1;
             return Ok(result);
         }
     };
+    let target_logs = opts
+        .log_dir
+        .join(format!("libiscsi-{}-target", kind.name()));
+    target.keep_logs(target_logs.clone());
     let url = target.url();
     println!(
-        "libiscsi: iscsi-test-cu -d -t ALL {url} (target {})",
-        kind.name()
+        "{tag}: iscsi-test-cu -d -t ALL {url} (target {}; its logs will be in {})",
+        kind.describe(),
+        target_logs.display()
     );
     let t0 = Instant::now();
     let mut cmd = Command::new("iscsi-test-cu");
@@ -64,7 +82,7 @@ pub fn run(kind: &TargetKind, opts: &Options) -> Result<SuiteResult> {
     let log = opts.log_dir.join(format!("libiscsi-{}.log", kind.name()));
     std::fs::write(&log, format!("{}{}", out.stdout, out.stderr))?;
     println!(
-        "libiscsi: finished in {:.0}s ({}), raw output in {}",
+        "{tag}: finished in {:.0}s ({}), raw output in {}",
         t0.elapsed().as_secs_f64(),
         out.status,
         log.display()
@@ -72,43 +90,40 @@ pub fn run(kind: &TargetKind, opts: &Options) -> Result<SuiteResult> {
     let mut healthy = true;
     if out.timed_out {
         println!(
-            "FAIL libiscsi: iscsi-test-cu did not finish within {}s",
+            "FAIL {tag}: iscsi-test-cu did not finish within {}s",
             opts.timeout.as_secs()
         );
         healthy = false;
     }
     // A target that died under the suite is a failure whatever the scores.
-    if let Some(status) = target.exited()? {
+    if let Some(how) = target.exited()? {
         println!(
-            "FAIL libiscsi: the target died during the run ({status})\n{}",
+            "FAIL {tag}: the target died during the run ({how})\n{}",
             target.log_tail(40)
         );
         healthy = false;
     }
-    match target.stop() {
-        Ok((status, killed)) => {
-            if matches!(kind, TargetKind::Locusd(_)) && (killed || !status.success()) {
-                println!(
-                    "FAIL libiscsi: locusd did not exit 0 on SIGTERM ({status}{})\n{}",
-                    if killed { ", needed SIGKILL" } else { "" },
-                    target.log_tail(40)
-                );
-                healthy = false;
-            }
+    // locusd must exit 0 on SIGTERM; a mirrored LUN's copies must be in
+    // sync and identical.
+    match target.finish() {
+        Ok(note) if note.is_empty() => {}
+        Ok(note) => println!("PASS {tag} target stopped cleanly ({note})"),
+        Err(e) => {
+            println!("FAIL {tag}: stopping the target: {e:#}");
+            healthy = false;
         }
-        Err(e) => println!("warning: stopping the target: {e:#}"),
     }
 
     let report = match cunit::parse(&out.stdout) {
         Ok(r) => r,
         Err(e) => {
-            println!("FAIL libiscsi: cannot parse the output of iscsi-test-cu: {e}");
+            println!("FAIL {tag}: cannot parse the output of iscsi-test-cu: {e}");
             result.summary.failed = 1;
             return Ok(result);
         }
     };
     if report.totals.is_none() {
-        println!("FAIL libiscsi: iscsi-test-cu stopped before its Run Summary");
+        println!("FAIL {tag}: iscsi-test-cu stopped before its Run Summary");
         healthy = false;
     }
     result.summary = report.summary();
@@ -122,8 +137,8 @@ pub fn run(kind: &TargetKind, opts: &Options) -> Result<SuiteResult> {
         let _ = writeln!(table, "{}\t{}\t{}", t.id(), t.outcome, t.detail);
         if t.outcome == Outcome::Fail {
             let known = expected.tests.get(&t.id()) == Some(&Outcome::Fail);
-            let tag = if known { "KNOWN-FAIL" } else { "FAIL" };
-            println!("{tag} libiscsi {}: {}", t.id(), t.detail);
+            let known_tag = if known { "KNOWN-FAIL" } else { "FAIL" };
+            println!("{known_tag} {tag} {}: {}", t.id(), t.detail);
         }
     }
     std::fs::write(
@@ -134,34 +149,34 @@ pub fn run(kind: &TargetKind, opts: &Options) -> Result<SuiteResult> {
 
     let cmp = expected.compare(&report);
     for d in &cmp.regressions {
-        println!("REGRESSION libiscsi {d}");
+        println!("REGRESSION {tag} {d}");
     }
     for d in &cmp.improvements {
-        println!("IMPROVED libiscsi {d}");
+        println!("IMPROVED {tag} {d}");
     }
     if cmp.new_tests.len() <= 20 {
         for d in &cmp.new_tests {
-            println!("NEW libiscsi {d}");
+            println!("NEW {tag} {d}");
         }
     } else {
         println!(
-            "NEW libiscsi: {} passing or skipping tests are not in the expectations file",
+            "NEW {tag}: {} passing or skipping tests are not in the expectations file",
             cmp.new_tests.len()
         );
     }
     for d in &cmp.missing {
-        println!("MISSING libiscsi {d}");
+        println!("MISSING {tag} {d}");
     }
     if opts.bless {
         let flag = match kind {
-            TargetKind::Tgtd => " --target tgtd",
-            TargetKind::Locusd(_) => "",
+            TargetKind::Locusd(_) => String::new(),
+            _ => format!(" --target {}", kind.name()),
         };
         let origin = format!("{} ({})", kind.name(), tool_versions());
         let regenerate = format!("cargo run --release -p conformance --{flag} libiscsi --bless");
         Expectations::from_report(&report).save(&opts.expectations, &origin, &regenerate)?;
         println!(
-            "libiscsi: blessed {} tests into {}",
+            "{tag}: blessed {} tests into {}",
             report.tests.len(),
             opts.expectations.display()
         );
@@ -169,12 +184,12 @@ pub fn run(kind: &TargetKind, opts: &Options) -> Result<SuiteResult> {
     } else {
         if cmp.file_is_stale() {
             println!(
-                "libiscsi: {} differs from this run without regressions; update it with --bless",
+                "{tag}: {} differs from this run without regressions; update it with --bless",
                 opts.expectations.display()
             );
         }
         println!(
-            "libiscsi: {} regressions against {}",
+            "{tag}: {} regressions against {}",
             cmp.regressions.len(),
             opts.expectations.display()
         );

@@ -1,22 +1,39 @@
 //! `locus-conformance`: runs the external conformance suites against a fresh
 //! target. Thin: parses arguments and calls the library's suites.
+//!
+//! `all` with the default `--target locusd` runs, each against its own fresh
+//! target: libiscsi, qemu and the kernel modes on locusd's local LUN, then
+//! libiscsi on a 2-way mirrored LUN (same expectations file) and the plain
+//! kernel mode on a 3-way mirrored LUN (`--no-mirrored` leaves those out).
 
 use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
 use conformance::report::SuiteResult;
 use conformance::target::TargetKind;
-use conformance::{kernel, libiscsi, qemu, workspace_root};
+use conformance::{default_locusd, kernel, libiscsi, qemu, workspace_root};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 #[derive(Parser, Debug)]
-#[command(about = "Runs libiscsi, kernel-initiator and QEMU suites against a fresh iSCSI target")]
+#[command(
+    about = "Runs libiscsi, kernel-initiator and QEMU suites against a fresh iSCSI target",
+    after_help = "Targets (--target):\n  \
+        locusd     one locusd, its default target iqn.2026-11.io.locus:default, LUN 0 (local 1 GiB image)\n  \
+        tgtd       Debian's tgtd as a reference, LUN 1\n  \
+        mirrored2  redis-server + locusd n1, n2; iqn.2026-11.io.locus:mirrored LUN 0 = image lun0\n             \
+        on n1,n2, served by n1 (its only hypervisor); after the suite the copies must be in sync\n             \
+        and identical. Needs the `locus` binary next to locusd.\n  \
+        mirrored3  the same with n1, n2, n3\n\n\
+        `all` with --target locusd also runs libiscsi on mirrored2 and the plain kernel mode on\n\
+        mirrored3 (unless --no-mirrored)."
+)]
 struct Cli {
-    /// The locusd binary to test [default: target/release/locusd].
+    /// The locusd binary to test [default: locusd next to this program].
     #[arg(long, env = "LOCUSD", global = true)]
     locusd: Option<PathBuf>,
-    /// Which target program to test: locusd, or tgtd as a reference.
+    /// Which target to test: locusd, tgtd (reference), or a mirrored LUN on
+    /// 2 or 3 locusd nodes with Redis (mirrored2, mirrored3).
     #[arg(long, value_enum, default_value_t = Kind::Locusd, global = true)]
     target: Kind,
     /// Where raw outputs and per-test results are kept [default: target/conformance].
@@ -28,17 +45,25 @@ struct Cli {
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
+    /// One locusd, its local default LUN.
     Locusd,
+    /// Debian's tgtd, as a reference.
     Tgtd,
+    /// A LUN mirrored on 2 locusd nodes (Redis metadata store).
+    Mirrored2,
+    /// A LUN mirrored on 3 locusd nodes (Redis metadata store).
+    Mirrored3,
 }
 
 #[derive(clap::Args, Debug, Clone)]
 struct LibiscsiArgs {
-    /// Expectations file [default: conformance/expectations/libiscsi.toml,
-    /// or libiscsi-tgtd.toml with --target tgtd].
+    /// Expectations file [default: conformance/expectations/libiscsi.toml
+    /// (also for the mirrored targets), or libiscsi-tgtd.toml with --target
+    /// tgtd].
     #[arg(long)]
     expectations: Option<PathBuf>,
-    /// Write this run's outcomes into the expectations file.
+    /// Write this run's outcomes into the expectations file (refused on a
+    /// mirrored target, which must meet the local LUN's file).
     #[arg(long)]
     bless: bool,
     /// Time limit for iscsi-test-cu, in seconds.
@@ -74,20 +99,24 @@ enum Cmd {
     Kernel(KernelArgs),
     /// qemu-img / qemu-io round trips through iscsi:// URLs.
     Qemu,
-    /// All three suites.
+    /// All three suites; with --target locusd, also libiscsi on a 2-way and
+    /// the plain kernel mode on a 3-way mirrored LUN.
     All {
         #[command(flatten)]
         libiscsi: LibiscsiArgs,
         #[command(flatten)]
         kernel: KernelArgs,
+        /// Leave out the mirrored-LUN runs.
+        #[arg(long)]
+        no_mirrored: bool,
     },
 }
 
 fn libiscsi_opts(cli: &Cli, a: &LibiscsiArgs) -> libiscsi::Options {
     let root = workspace_root();
     let file = match cli.target {
-        Kind::Locusd => "libiscsi.toml",
         Kind::Tgtd => "libiscsi-tgtd.toml",
+        Kind::Locusd | Kind::Mirrored2 | Kind::Mirrored3 => "libiscsi.toml",
     };
     libiscsi::Options {
         expectations: a
@@ -135,15 +164,19 @@ fn main() -> ExitCode {
 
 fn run() -> Result<bool> {
     let cli = Cli::parse();
+    let locusd = cli.locusd.clone().unwrap_or_else(default_locusd);
+    let mirrored = |copies| TargetKind::Mirrored {
+        locusd: locusd.clone(),
+        copies,
+    };
     let kind = match cli.target {
         Kind::Tgtd => TargetKind::Tgtd,
-        Kind::Locusd => TargetKind::Locusd(
-            cli.locusd
-                .clone()
-                .unwrap_or_else(|| workspace_root().join("target/release/locusd")),
-        ),
+        Kind::Locusd => TargetKind::Locusd(locusd.clone()),
+        Kind::Mirrored2 => mirrored(2),
+        Kind::Mirrored3 => mirrored(3),
     };
     let mut results: Vec<SuiteResult> = Vec::new();
+    let mut targets = vec![kind.name()];
     match &cli.command {
         Cmd::Libiscsi(a) => results.push(libiscsi::run(&kind, &libiscsi_opts(&cli, a))?),
         Cmd::Kernel(a) => results.push(kernel::run(&kind, &kernel_opts(a))),
@@ -151,20 +184,34 @@ fn run() -> Result<bool> {
         Cmd::All {
             libiscsi: l,
             kernel: k,
+            no_mirrored,
         } => {
-            results.push(libiscsi::run(&kind, &libiscsi_opts(&cli, l))?);
+            let lopts = libiscsi_opts(&cli, l);
+            results.push(libiscsi::run(&kind, &lopts)?);
             results.push(qemu::run(&kind));
             results.push(kernel::run(&kind, &kernel_opts(k)));
+            if cli.target == Kind::Locusd && !no_mirrored {
+                // Issue 7: the 2-way mirrored LUN meets the local LUN's
+                // expectations; the kernel initiator passes on a 3-way one.
+                results.push(libiscsi::run(&mirrored(2), &lopts)?);
+                let plain = kernel::Options {
+                    modes: vec![kernel::Mode::Plain],
+                    ..kernel_opts(k)
+                };
+                results.push(kernel::run(&mirrored(3), &plain));
+                targets.extend([mirrored(2).name(), mirrored(3).name()]);
+            }
         }
     }
     println!();
     for r in &results {
+        println!("{}", r.verdict_line());
         println!("{}", r.line());
     }
     let ok = results.iter().all(|r| r.ok);
     println!(
         "conformance ({}): {}",
-        kind.name(),
+        targets.join(", "),
         if ok { "PASS" } else { "FAIL" }
     );
     Ok(ok)

@@ -6,7 +6,8 @@
 //! verifies patterns in one process and re-reads them from another. Two
 //! negative controls prove that the comparisons can fail: a local change
 //! must make `qemu-img compare` report the changed offset, and a wrong
-//! pattern must make `qemu-io read -P` fail.
+//! pattern must make `qemu-io read -P` fail. Last, the target must stop
+//! cleanly ([`RunningTarget::finish`]).
 
 use crate::proc;
 use crate::report::{Checks, SuiteResult};
@@ -63,7 +64,7 @@ fn path_str(p: &Path) -> String {
 
 /// Runs every check against one fresh target.
 pub fn run(kind: &TargetKind) -> SuiteResult {
-    let mut checks = Checks::new("qemu");
+    let mut checks = Checks::new("qemu", kind);
     let target = match RunningTarget::start(kind, &Setup::default()) {
         Ok(t) => t,
         Err(e) => {
@@ -81,7 +82,11 @@ pub fn run(kind: &TargetKind) -> SuiteResult {
     let url = target.url();
     let src = path_str(&work.path().join("src.qcow2"));
     let back = path_str(&work.path().join("back.qcow2"));
-    println!("qemu: round trips through {url} (target {})", kind.name());
+    println!(
+        "qemu{}: round trips through {url} (target {})",
+        kind.tag(),
+        kind.describe()
+    );
 
     let create =
         tool("qemu-img", &["create", "-q", "-f", "qcow2", &src, "64M"], 0).and_then(|_| {
@@ -214,6 +219,9 @@ pub fn run(kind: &TargetKind) -> SuiteResult {
             }
         }),
     );
-    drop(target);
+    checks.record(
+        "target stops cleanly (locusd exits 0 on SIGTERM; mirrored copies in sync and identical)",
+        &target.finish(),
+    );
     checks.finish()
 }
