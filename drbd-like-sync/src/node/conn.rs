@@ -46,6 +46,11 @@ pub(super) async fn serve(stream: TcpStream, peer: SocketAddr, node: Arc<Storage
     .await;
     let client = match hs {
         Ok(Ok(id)) => id,
+        Ok(Err(WireError::Closed)) => {
+            // A bare connect and close (a readiness probe, a port scan).
+            tracing::debug!(peer = %peer, "replication connection closed before the handshake");
+            return;
+        }
         Ok(Err(e)) => {
             tracing::warn!(peer = %peer, error = %e, "replication peer refused");
             return;

@@ -187,6 +187,7 @@ pub async fn run(
     // next holder need not wait out the TTL.
     if let Some(sync) = store_sync {
         sync.close_all().await;
+        tracing::info!("mirrored writers closed: copies flushed, leases released");
     }
     // The feed loop, the heartbeat and the storage role end on the same
     // shutdown signal; the heartbeat records the node as down on its way
