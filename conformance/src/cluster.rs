@@ -110,7 +110,7 @@ pub(crate) fn start(
     let server = Process::spawn("redis-server", &mut cmd, dir.join("redis.log"), false, true)
         .context("redis-server is installed by scripts/install-test-deps.sh")?;
     procs.push(server);
-    procs[0].wait_tcp(redis, deadline)?;
+    wait_redis(&mut procs[0], redis, deadline)?;
 
     let secret = dir.join("cluster.secret");
     write_secret(&secret)?;
@@ -494,6 +494,33 @@ pub fn base64(bytes: &[u8]) -> String {
         }
     }
     out
+}
+
+/// Waits until the redis-server that `server` runs answers PING on `addr`.
+/// A bare TCP connect is not enough: it would also succeed against any
+/// other process that holds the port, with redis-server failing to bind.
+fn wait_redis(server: &mut Process, addr: SocketAddr, deadline: Instant) -> Result<()> {
+    loop {
+        server.check_alive(&format!("before answering PING on {addr}"))?;
+        if let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+            let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+            let mut buf = [0u8; 64];
+            if s.write_all(b"PING\r\n").is_ok() {
+                if let Ok(n) = s.read(&mut buf) {
+                    if buf[..n].starts_with(b"+PONG") {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "redis-server did not answer PING on {addr} within {}s",
+                READY_TIMEOUT.as_secs()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[cfg(test)]

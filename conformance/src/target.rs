@@ -300,15 +300,35 @@ pub fn free_port() -> Result<u16> {
 }
 
 /// Picks `n` distinct free loopback TCP ports (all bound at once, then
-/// released).
+/// released). No port is handed out twice by one process: tests that run
+/// in parallel threads each start their own servers, and a port that one
+/// of them picked and released must not become another one's "free" port
+/// (that race let a redis-server fail to bind while the readiness check
+/// connected to another test's `locusd` on the same port).
 pub fn free_ports(n: usize) -> Result<Vec<u16>> {
-    let listeners = (0..n)
-        .map(|_| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("binding 127.0.0.1:0"))
-        .collect::<Result<Vec<_>>>()?;
-    listeners
-        .iter()
-        .map(|l| Ok(l.local_addr()?.port()))
-        .collect()
+    static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    let mut held = Vec::new();
+    let mut ports = Vec::with_capacity(n);
+    // Each port taken is kept bound until the end, so the kernel offers a
+    // new one on the next bind; a bounded number of tries covers ports
+    // that this process already handed out.
+    for _ in 0..n + 1000 {
+        if ports.len() == n {
+            break;
+        }
+        let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("binding 127.0.0.1:0")?;
+        let port = l.local_addr()?.port();
+        if handed_out.insert(port) {
+            ports.push(port);
+        }
+        held.push(l);
+    }
+    if ports.len() < n {
+        bail!("could not find {n} loopback ports that this process has not used yet");
+    }
+    Ok(ports)
 }
 
 /// A tgtd control port (`-C`, at most 32767; it only names the unix socket

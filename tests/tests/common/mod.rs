@@ -86,12 +86,27 @@ pub fn built_binary(name: &str) -> std::path::PathBuf {
     path
 }
 
-/// A free loopback TCP port (bound, then released).
+/// A free loopback TCP port (bound, then released), never the same one
+/// twice in this process: tests run in parallel threads, and a port that
+/// one of them picked must not be "free" for another.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("no free port: {e}"))
+    static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    let mut held = Vec::new();
+    loop {
+        let l = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap_or_else(|e| panic!("no free port: {e}"));
+        let port = l
+            .local_addr()
+            .map(|a| a.port())
+            .unwrap_or_else(|e| panic!("{e}"));
+        if handed_out.insert(port) {
+            return port;
+        }
+        // Keep it bound so that the next bind gets another port.
+        held.push(l);
+    }
 }
 
 /// A `locusd` child process with its own data dir; killed (SIGKILL) on
