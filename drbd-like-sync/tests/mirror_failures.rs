@@ -160,6 +160,30 @@ async fn a_refused_mark_fails_the_write() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_over_a_refused_mark_makes_that_mark_durable_first() {
+    let mut c = Cluster::start(&[Some("a"), Some("a")], &[0, 1], SIZE).await;
+    let m = c.mirror().await;
+    m.write(0, pattern(1, 4096), false).await.expect("healthy");
+    c.nodes[1].stop().await;
+    c.store
+        .acquire_lease(&c.image, &id("n0"), 600_000, UnixMillis::now())
+        .await
+        .expect("re-acquire");
+    assert!(m.write(65536, pattern(2, 4096), false).await.is_err());
+    // The refused mark is still set in the mirror's cache, so that no read
+    // uses n1 there. The next write over it must not take that as "n1 is
+    // already marked" and go out GOOD with the mark only in memory.
+    let r = m.write(65536, pattern(3, 4096), false).await;
+    assert!(
+        r.is_err(),
+        "GOOD over a range whose out-of-sync mark the store never took"
+    );
+    assert!(c.dirty_runs(&id("n1")).await.is_empty(), "nothing marked");
+    // Elsewhere the write goes on failing only for its own mark.
+    assert!(m.write(1 << 20, pattern(4, 4096), false).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_fails_when_redis_is_gone() {
     let mut c = Cluster::start(&[Some("a"), Some("a")], &[0, 1], SIZE).await;
     let m = c.mirror().await;

@@ -5,14 +5,18 @@
 //! [`Change::Dirty`] whose version follows the cached one is applied in
 //! place, anything else newer reloads the record. The mirror also applies
 //! its own marks here the moment it asks for them, so the next write or
-//! read already treats the copy as dirty (conservative: a mark that later
-//! fails leaves the cache dirtier than the store, never cleaner).
+//! read already treats the copy as dirty. A mark that the store then
+//! refuses leaves the cache dirtier than the store. That keeps reads away
+//! from the copy, but a write plan would skip the copy there without
+//! marking it ([`CopyState::Dirty`]), so such marks are kept as *overdue*
+//! (re-applied after every reload) until a write over them makes them
+//! durable first (invariant 1).
 //!
 //! Knows nothing of copies, sockets or the ack rule; it never calls the
 //! store on the I/O path (only on reload).
 
 use std::collections::BTreeSet;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use blockmap::change::Change;
@@ -21,7 +25,7 @@ use blockmap::record::ImageRecord;
 use blockmap::store::{ChangeFeed, MetadataStore};
 use blockmap::types::{BlockIndex, ImageName, NodeId};
 
-use crate::core::write::{BlockView, CopyState, LocationView};
+use crate::core::write::{BlockView, CopyState, LocationView, MarkDirty};
 use crate::core::ByteRange;
 
 /// How far [`PlacementCache::in_sync_extent`] looks ahead, in blocks.
@@ -32,6 +36,8 @@ pub(crate) struct PlacementCache {
     name: ImageName,
     store: Arc<dyn MetadataStore>,
     rec: RwLock<ImageRecord>,
+    /// Marks applied here whose store write failed (see the module docs).
+    overdue: Mutex<Vec<MarkDirty>>,
 }
 
 impl PlacementCache {
@@ -41,6 +47,47 @@ impl PlacementCache {
             name: rec.image.name.clone(),
             store,
             rec: RwLock::new(rec),
+            overdue: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Keeps `m` as overdue: the store refused it (or did not answer), but
+    /// its bits stay set here, across reloads.
+    pub(crate) fn mark_overdue(&self, m: MarkDirty) {
+        self.overdue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(m);
+    }
+
+    /// Takes out the overdue marks with a range overlapping `range`: the
+    /// caller makes them durable before it plans a write there.
+    pub(crate) fn take_overdue(&self, range: ByteRange) -> Vec<MarkDirty> {
+        let mut overdue = self.overdue.lock().unwrap_or_else(|e| e.into_inner());
+        let (due, keep): (Vec<MarkDirty>, Vec<MarkDirty>) = overdue
+            .drain(..)
+            .partition(|m| m.ranges.iter().any(|r| r.intersect(&range).is_some()));
+        *overdue = keep;
+        due
+    }
+
+    /// Sets the bits of every overdue mark in `rec` (after a reload).
+    fn reapply_overdue(&self, rec: &mut ImageRecord) {
+        for m in self
+            .overdue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            let bits: Result<Vec<_>, _> = m
+                .ranges
+                .iter()
+                .map(|r| rec.image.bits_for_bytes(r.offset, r.len))
+                .collect();
+            if let Err(e) = bits.and_then(|b| rec.set_dirty_bits(&m.node, &b, true)) {
+                tracing::warn!(image = %self.name, node = %m.node, error = %e,
+                    "cannot re-apply an overdue mark to the cache");
+            }
         }
     }
 
@@ -258,6 +305,7 @@ impl PlacementCache {
         let mut rec = self.write();
         if fresh.version >= rec.version {
             *rec = fresh;
+            self.reapply_overdue(&mut rec);
         }
         Ok(())
     }

@@ -107,6 +107,9 @@ impl Inner {
             Some(al) => Some(al.begin(range).await.map_err(|why| io_error(what, why))?),
             None => None,
         };
+        self.persist_overdue(range)
+            .await
+            .map_err(|why| io_error(what, why))?;
         // The views are taken under the lock: a mark made by the previous
         // overlapping write is already in the cache.
         let views = self.cache.block_views(range);
@@ -229,17 +232,35 @@ impl Inner {
         let call = self
             .store
             .mark_dirty(&self.cfg.image, &m.node, self.cfg.generation.0, &bits);
-        match tokio::time::timeout(self.cfg.mark_timeout, call).await {
+        let failed = match tokio::time::timeout(self.cfg.mark_timeout, call).await {
             Ok(Ok(_)) => {
                 self.cache.apply_mark(&m.node, &bits);
-                Ok(())
+                return Ok(());
             }
-            Ok(Err(e)) => Err(format!("mark of {} failed: {e}", m.node)),
-            Err(_) => Err(format!(
+            Ok(Err(e)) => format!("mark of {} failed: {e}", m.node),
+            Err(_) => format!(
                 "mark of {} not confirmed within {:?}",
                 m.node, self.cfg.mark_timeout
-            )),
+            ),
+        };
+        // The cache keeps the bits (no read may use those bytes of the
+        // copy), so the next write there must make them durable first.
+        self.cache.mark_overdue(m.clone());
+        Err(failed)
+    }
+
+    /// Makes the overdue marks over `range` durable (invariant 1): the
+    /// cache has their bits, so the write plan skips those copies there
+    /// without marking them, and GOOD would go out with the marks only in
+    /// memory. A mark that fails again stays overdue, and the write fails.
+    async fn persist_overdue(&self, range: ByteRange) -> Result<(), String> {
+        let mut first_failure = None;
+        for m in self.cache.take_overdue(range) {
+            if let Err(why) = self.persist_mark(&m).await {
+                first_failure.get_or_insert(why);
+            }
         }
+        first_failure.map_or(Ok(()), Err)
     }
 
     /// Feeds every outcome to `tracker` until no task is left; returns the
