@@ -477,6 +477,7 @@ fn reads_come_from_the_same_site_copy_and_fail_over_without_an_error() {
         locations: vec![1, 2],
         writer: 0,
         block_size: "1M",
+        small_disk: None,
     });
     let mut ini = Initiator::open(&c.nodes[0]);
     let mut rng = Rng::new(0x5eed_0004);
@@ -583,4 +584,80 @@ fn redis_killed_mid_workload_while_a_copy_fails_loses_no_write_and_no_mark() {
     c.wait_served(0);
     check(&log, "the LUN read back at n1", &c.read_lun(0), &none, &c);
     check_copies_after_n3_died(&mut c, &log, &dirty);
+}
+
+#[test]
+fn a_copy_whose_disk_fills_up_is_marked_out_of_sync_and_the_writes_stay_good() {
+    let _one = one_at_a_time();
+    // n3 keeps its copy on a 2 MiB tmpfs: it runs out of space early.
+    let mut c = Cluster::start(&Layout {
+        small_disk: Some((2, "2M")),
+        ..Layout::all_on_one_site(3)
+    });
+    let w = Workload::spawn(
+        Initiator::open(&c.nodes[0]),
+        0x5eed_0006,
+        (0, IMAGE_BYTES),
+        LIMIT,
+    );
+    w.wait_more_acks(&c, 400);
+    let entries = w.finish();
+    let failed: Vec<&Entry> = entries
+        .iter()
+        .filter(|e| e.outcome != Outcome::Acked)
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "writes failed while two copies took them: {failed:?}\n{}",
+        c.logs()
+    );
+    let dirty = c.dirty_grains(2);
+    assert!(
+        !dirty.is_empty(),
+        "n3 took {} writes on a 2 MiB disk without one failing: the test did not fill it",
+        entries.len()
+    );
+    // The writer publishes its copies' problems with its figures, every
+    // few seconds.
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        let errors = c.locus(&["errors"]).ok().stdout;
+        if errors
+            .lines()
+            .any(|l| l.contains("n3") && l.contains("no space left"))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "`locus errors` does not say that n3 is out of space:\n{errors}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let log = log_of(&entries);
+    // What n3 did take is right; the rest is marked.
+    check(
+        &log,
+        "n3's copy outside its dirty bits",
+        &c.read_copy(2),
+        &dirty,
+        &c,
+    );
+    check(
+        &log,
+        "the LUN read back at n1",
+        &c.read_lun(0),
+        &BTreeSet::new(),
+        &c,
+    );
+    eprintln!(
+        "full disk: {} writes GOOD, {} grains of n3 marked out of sync",
+        entries.len(),
+        dirty.len()
+    );
+    c.stop_node(0);
+    c.stop_node(1);
+    let (n1, n2) = (c.read_copy(0), c.read_copy(1));
+    assert!(n1 == n2, "the copies that had space differ");
+    check(&log, "n1's copy", &n1, &BTreeSet::new(), &c);
 }

@@ -162,6 +162,8 @@ pub struct Node {
     pub repl: SocketAddr,
     /// Its data dir.
     pub dir: PathBuf,
+    /// The size of the tmpfs over its images dir, if it has a small disk.
+    pub disk: Option<String>,
     log: PathBuf,
     child: Option<Child>,
 }
@@ -198,6 +200,8 @@ pub struct Layout {
     pub writer: usize,
     /// The image's block size.
     pub block_size: &'static str,
+    /// A node (index) whose images dir is a tmpfs of this size.
+    pub small_disk: Option<(usize, &'static str)>,
 }
 
 impl Layout {
@@ -208,6 +212,7 @@ impl Layout {
             locations: (0..n).collect(),
             writer: 0,
             block_size: "1M",
+            small_disk: None,
         }
     }
 }
@@ -249,6 +254,10 @@ impl Cluster {
                     repl: SocketAddr::from(([127, 0, 0, 1], free_port())),
                     log: dir.join("locusd.log"),
                     site: (*site).to_owned(),
+                    disk: layout
+                        .small_disk
+                        .filter(|(n, _)| *n == i)
+                        .map(|(_, size)| size.to_owned()),
                     dir,
                     id,
                     child: None,
@@ -318,7 +327,25 @@ impl Cluster {
             .append(true)
             .open(&n.log)
             .unwrap_or_else(|e| panic!("{e}"));
-        let child = Command::new(built_binary("locusd"))
+        // A small disk: the node runs in its own mount namespace, with a
+        // tmpfs of that size over its images dir (gone when it exits).
+        let mut cmd = match &n.disk {
+            None => Command::new(built_binary("locusd")),
+            Some(size) => {
+                let mut c = Command::new("unshare");
+                c.args(["--mount", "--propagation", "private", "sh", "-c"])
+                    .arg(
+                        "mkdir -p \"$1\" && mount -t tmpfs -o size=\"$2\" locus-e2e \"$1\" \
+                         && shift 2 && exec \"$@\"",
+                    )
+                    .arg("sh")
+                    .arg(n.dir.join("images"))
+                    .arg(size)
+                    .arg(built_binary("locusd"));
+                c
+            }
+        };
+        let child = cmd
             .env_remove("LOCUS_METADATA")
             .env_remove("LOCUS_CLUSTER_SECRET_FILE")
             .args(["--node", &n.id, "--metadata", &self.url])
@@ -456,9 +483,15 @@ impl Cluster {
         (0..IMAGE_BYTES / GRAIN).filter(|&g| bm.get(g)).collect()
     }
 
-    /// Reads node `i`'s copy file.
+    /// Reads node `i`'s copy file (a running node's with a small disk
+    /// through its mount namespace, `/proc/PID/root/...`).
     pub fn read_copy(&self, i: usize) -> Vec<u8> {
-        let p = self.nodes[i].copy_path();
+        let n = &self.nodes[i];
+        let p = match (&n.disk, &n.child) {
+            (Some(_), Some(c)) => Path::new(&format!("/proc/{}/root", c.id()))
+                .join(n.copy_path().strip_prefix("/").unwrap_or(&n.copy_path())),
+            _ => n.copy_path(),
+        };
         std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
     }
 
