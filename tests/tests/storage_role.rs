@@ -308,3 +308,151 @@ async fn cluster_status_warns_about_a_store_that_is_not_durable() {
     );
     assert!(warned.json().is_array(), "stdout stays the JSON rows");
 }
+
+/// Reads frames from a raw socket until the node closes it.
+async fn frames_until_close(s: &mut tokio::net::TcpStream) -> Vec<drbd_like_sync::proto::Message> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = bytes::BytesMut::new();
+    let mut out = Vec::new();
+    loop {
+        while let Some(m) = drbd_like_sync::proto::decode(&mut buf, &Limits::default())
+            .expect("the node sends valid frames")
+        {
+            out.push(m);
+        }
+        let mut chunk = [0u8; 4096];
+        match tokio::time::timeout(Duration::from_secs(10), s.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return out,
+            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+            Err(_) => panic!("the node did not close the connection"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn locusd_answers_another_version_and_bad_frames_and_keeps_serving() {
+    use drbd_like_sync::proto::{self, ClientHello, ErrorCode, Message, Nonce};
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpStream;
+
+    let srv = redis::RedisServer::start();
+    let m = srv.url.as_str();
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let a = addr.to_string();
+    locus(m, &["node", "add", "store-a", "--address", &a]).ok();
+    locus(
+        m,
+        &[
+            "image",
+            "create",
+            "vm1",
+            "--size",
+            "8M",
+            "--location",
+            "store-a",
+        ],
+    )
+    .ok();
+    let dir = tempfile::tempdir().unwrap();
+    let secret = secret_file(dir.path(), SECRET);
+    let args = [
+        "--role",
+        "storage",
+        "--node",
+        "store-a",
+        "--metadata",
+        m,
+        "--cluster-secret-file",
+        &secret,
+    ];
+    let mut node = Locusd::start(dir, &args);
+    node.wait_listening(addr);
+    let c = connect(addr, SECRET).await.expect("authenticated");
+
+    // Another protocol version: a Fatal naming both versions.
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let mut hello = bytes::BytesMut::new();
+    proto::encode(
+        &Message::ClientHello(ClientHello {
+            version: proto::PROTOCOL_VERSION + 1,
+            node_id: NodeId::new("future").unwrap(),
+            nonce: Nonce([7; 32]),
+        }),
+        &mut hello,
+    );
+    s.write_all(&hello).await.unwrap();
+    let got = frames_until_close(&mut s).await;
+    let [Message::Fatal(f)] = &got[..] else {
+        panic!("{got:?}")
+    };
+    assert_eq!(f.code, ErrorCode::VERSION_MISMATCH);
+    let (v, theirs) = (proto::PROTOCOL_VERSION, proto::PROTOCOL_VERSION + 1);
+    assert!(
+        f.message.contains(&format!("version {v}")) && f.message.contains(&format!("{theirs}")),
+        "{}",
+        f.message
+    );
+
+    // A header announcing 4 GiB: refused on the header alone.
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(&[0xff, 0xff, 0xff, 0xff, 0x00, 0x01])
+        .await
+        .unwrap();
+    let got = frames_until_close(&mut s).await;
+    let [Message::Fatal(f)] = &got[..] else {
+        panic!("{got:?}")
+    };
+    assert_eq!(f.code, ErrorCode::PROTOCOL);
+    assert!(f.message.contains("exceeds the limit"), "{}", f.message);
+
+    // A truncated frame, then the peer goes away: the node just closes.
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(&[0, 0, 0, 40, 0x00, 0x01, b'L', b'O'])
+        .await
+        .unwrap();
+    s.shutdown().await.unwrap();
+    assert!(frames_until_close(&mut s).await.is_empty());
+
+    // The authenticated peer was served all along, and still is.
+    let image = ImageName::new("vm1").unwrap();
+    let data = Bytes::from(vec![0x3c; 4096]);
+    c.call(
+        &image,
+        Generation(1),
+        Op::Write {
+            offset: 0,
+            data: data.clone(),
+            fua: true,
+        },
+    )
+    .await
+    .expect("write after the bad peers");
+    match c
+        .call(
+            &image,
+            Generation(1),
+            Op::Read {
+                offset: 0,
+                len: 4096,
+            },
+        )
+        .await
+    {
+        Ok(Response::Ok { data: got, .. }) => assert_eq!(got, data),
+        other => panic!("read: {other:?}"),
+    }
+    // Each refused peer is in the log with its address and the reason.
+    let log = node.log_text();
+    let refused: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("replication peer refused") && l.contains("127.0.0.1:"))
+        .collect();
+    assert!(
+        refused
+            .iter()
+            .any(|l| l.contains(&format!("version {theirs}")))
+            && refused.iter().any(|l| l.contains("exceeds the limit")),
+        "{log}"
+    );
+    assert!(node.child.try_wait().unwrap().is_none(), "locusd exited");
+}
