@@ -549,8 +549,15 @@ fn redis_killed_mid_workload_while_a_copy_fails_loses_no_write_and_no_mark() {
         .iter()
         .find(|e| e.issued > store_back && e.outcome == Outcome::Acked)
         .map(|e| e.answered - store_back);
+    let waits: Vec<Duration> = entries
+        .iter()
+        .filter(|e| e.issued > n3_dead && e.answered < store_back)
+        .map(|e| e.answered - e.issued)
+        .take(4)
+        .collect();
     eprintln!(
-        "redis down for {:?}; first GOOD {first_ack:?} after it was back; {} writes, {} acknowledged",
+        "redis down for {:?}; the first writes needing a mark failed after {waits:?}; \
+         first GOOD {first_ack:?} after it was back; {} writes, {} acknowledged",
         store_back - store_down,
         entries.len(),
         acks(&entries)

@@ -58,7 +58,7 @@ use crate::types::{ByteSize, ImageName, NodeId, UnixMillis};
 use crate::writer::{ActivityLog, Lease, MarkOutcome};
 use async_trait::async_trait;
 use futures::StreamExt;
-use redis::aio::MultiplexedConnection;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Value};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -69,6 +69,14 @@ pub const CHANNEL: &str = "locus:changes";
 const IMAGES: &str = "locus:images";
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connection attempts per reconnection (after the first), at most
+/// [`RECONNECT_MAX_DELAY_MS`] apart: a command that finds Redis restarting
+/// waits about a second for it, then fails.
+const RECONNECT_TRIES: usize = 5;
+/// Growth of the delay between two attempts.
+const RECONNECT_FACTOR_MS: u64 = 2;
+/// The longest delay between two attempts, in milliseconds.
+const RECONNECT_MAX_DELAY_MS: u64 = 200;
 
 fn image_key(name: &str) -> String {
     format!("locus:image:{name}")
@@ -139,11 +147,19 @@ fn doc_key(kind: DocKind) -> String {
     format!("locus:{}", kind.as_str())
 }
 
-/// Handle on a Redis store. Each handle owns its connections.
+/// Handle on a Redis store. Each handle owns its connections, which
+/// reconnect by themselves after a Redis restart: the command that finds
+/// the connection broken fails (nothing is replayed), the next one goes
+/// out on a new connection.
+///
+/// `tx_con` carries the WATCH/MULTI/EXEC transactions, one at a time under
+/// its lock. A WATCH never carries over to a new connection: every error
+/// aborts the transaction, so its EXEC is never sent on a connection that
+/// did not WATCH.
 pub struct RedisStore {
     client: redis::Client,
-    con: MultiplexedConnection,
-    tx_con: tokio::sync::Mutex<MultiplexedConnection>,
+    con: ConnectionManager,
+    tx_con: tokio::sync::Mutex<ConnectionManager>,
     masked: String,
     bytes_written: AtomicU64,
     scripts: Scripts,
@@ -167,13 +183,18 @@ impl RedisStore {
             )
         })?;
         let connect = || async {
-            client
-                .get_multiplexed_async_connection_with_config(
-                    &redis::AsyncConnectionConfig::new()
-                        .set_connection_timeout(CONNECT_TIMEOUT)
-                        .set_response_timeout(RESPONSE_TIMEOUT),
-                )
-                .await
+            ConnectionManager::new_with_config(
+                client.clone(),
+                ConnectionManagerConfig::new()
+                    .set_connection_timeout(CONNECT_TIMEOUT)
+                    .set_response_timeout(RESPONSE_TIMEOUT)
+                    // Each reconnection: a few quick tries, then the next
+                    // command starts another.
+                    .set_number_of_retries(RECONNECT_TRIES)
+                    .set_factor(RECONNECT_FACTOR_MS)
+                    .set_max_delay(RECONNECT_MAX_DELAY_MS),
+            )
+            .await
         };
         let unavailable = |e: redis::RedisError| map_err(&masked, e);
         let mut con = connect().await.map_err(unavailable)?;
@@ -211,25 +232,21 @@ impl RedisStore {
         map_err(&self.masked, e)
     }
 
-    async fn exec(&self, con: &mut MultiplexedConnection, pipe: &redis::Pipeline) -> Result<bool> {
+    async fn exec(&self, con: &mut ConnectionManager, pipe: &redis::Pipeline) -> Result<bool> {
         self.bytes_written
             .fetch_add(pipe.get_packed_pipeline().len() as u64, Ordering::Relaxed);
         let r: Option<Value> = pipe.query_async(con).await.map_err(|e| self.err(e))?;
         Ok(r.is_some())
     }
 
-    async fn unwatch(&self, con: &mut MultiplexedConnection) -> Result<()> {
+    async fn unwatch(&self, con: &mut ConnectionManager) -> Result<()> {
         redis::cmd("UNWATCH")
             .query_async::<()>(con)
             .await
             .map_err(|e| self.err(e))
     }
 
-    async fn watch_version(
-        &self,
-        con: &mut MultiplexedConnection,
-        name: &str,
-    ) -> Result<Option<u64>> {
+    async fn watch_version(&self, con: &mut ConnectionManager, name: &str) -> Result<Option<u64>> {
         redis::cmd("WATCH")
             .arg(image_key(name))
             .query_async::<()>(&mut *con)

@@ -17,6 +17,7 @@ pub struct RedisServer {
     pub url: String,
     /// The port.
     pub port: u16,
+    password: Option<String>,
 }
 
 fn free_port() -> u16 {
@@ -48,6 +49,7 @@ impl RedisServer {
                 _dir: None,
                 url,
                 port: 0,
+                password: None,
             };
         }
         Self::spawn(None)
@@ -112,6 +114,7 @@ impl RedisServer {
                             _dir: Some(dir),
                             url,
                             port,
+                            password: password.map(str::to_owned),
                         };
                     }
                     _ if Instant::now() > deadline => {
@@ -175,6 +178,57 @@ impl RedisServer {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
+        }
+    }
+}
+
+impl RedisServer {
+    /// Kills the server (SIGKILL) and starts it again on the same port
+    /// from the same files (its AOF), as after a crash; returns once it
+    /// answers PING with its data loaded.
+    pub fn restart(&mut self) {
+        let Some(dir) = self._dir.as_ref().map(|d| d.path().to_owned()) else {
+            panic!("an external LOCUS_TEST_REDIS_URL server cannot be restarted");
+        };
+        self.stop();
+        let bin = std::env::var("LOCUS_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
+        let mut cmd = Command::new(&bin);
+        cmd.args([
+            "--port",
+            &self.port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+        ])
+        .args(["--appendonly", "yes", "--appendfsync", "always"])
+        .arg("--dir")
+        .arg(&dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+        if let Some(p) = &self.password {
+            cmd.args(["--requirepass", p]);
+        }
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "redis-server exited with {status} on restart (port {} taken?)",
+                    self.port
+                );
+            }
+            if ping(self.port).is_some_and(|r| r.starts_with("+PONG") || r.starts_with("-NOAUTH")) {
+                self.child = Some(child);
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not come back within 10 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 }

@@ -48,7 +48,7 @@ pub async fn add_nodes(s: &dyn MetadataStore, ids: &[&str]) {
     }
 }
 
-fn spec(name: &str, size: ByteSize, locs: &[&str]) -> ImageSpec {
+pub fn spec(name: &str, size: ByteSize, locs: &[&str]) -> ImageSpec {
     ImageSpec::new(img(name), size, locs.iter().map(|s| n(s)).collect())
 }
 
