@@ -3,9 +3,10 @@
 //!
 //! [`PeerClient::connect`] runs the handshake (both sides prove the cluster
 //! secret) and checks that the node that answered is the one asked for.
-//! Then requests are pipelined: each gets a request id, one writer task
-//! sends them in batches, and one reader task hands every response to the
-//! caller waiting for that id. When the connection fails, every waiting
+//! Then requests are pipelined: each gets a request id and is written by
+//! the caller's own task through a [`FrameSender`] (queued behind a flusher
+//! when the socket is full), and one reader task hands every response to
+//! the caller waiting for that id. When the connection fails, every waiting
 //! call fails with [`ClientError::ConnectionLost`].
 
 use std::net::SocketAddr;
@@ -19,7 +20,7 @@ use dashmap::DashMap;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
-use super::wire::{self, FrameReader, WireError};
+use super::wire::{self, FrameReader, FrameSender, WireError};
 use crate::proto::{
     ClientHandshake, ErrorReply, Generation, HandshakeConfig, Limits, Message, Nonce, Op,
     ProtoError, Request, RequestId, Response, Step,
@@ -94,7 +95,7 @@ type Waiters = DashMap<RequestId, mpsc::UnboundedSender<Response>>;
 pub struct PeerClient {
     peer: NodeId,
     next_id: AtomicU64,
-    out: mpsc::UnboundedSender<Message>,
+    out: FrameSender,
     waiters: Arc<Waiters>,
     reader: tokio::task::JoinHandle<()>,
 }
@@ -184,8 +185,8 @@ impl PeerClient {
             .await
             .map_err(|_| ClientError::Timeout { addr })??;
         let waiters: Arc<Waiters> = Arc::new(DashMap::new());
-        let (out, rx) = mpsc::unbounded_channel();
-        tokio::spawn(send_loop(wr, rx));
+        // The flusher ends by itself once `out` is dropped.
+        let (out, _flusher) = FrameSender::spawn(wr);
         let reader = tokio::spawn(receive_loop(reader, Arc::clone(&waiters)));
         Ok(PeerClient {
             peer,
@@ -205,7 +206,7 @@ impl PeerClient {
     /// failed): every later request fails at once with
     /// [`ClientError::ConnectionLost`], and the caller should reconnect.
     pub fn is_closed(&self) -> bool {
-        self.reader.is_finished() || self.out.is_closed()
+        self.reader.is_finished() || self.out.is_failed()
     }
 
     /// Sends one request and returns the channel its responses arrive on.
@@ -233,7 +234,8 @@ impl PeerClient {
             generation,
             op,
         });
-        if self.out.send(req).is_err() {
+        // Written from this task when the socket takes it at once.
+        if self.out.send(&[req]).is_err() {
             self.waiters.remove(&id);
             return Err(self.lost());
         }
@@ -263,24 +265,6 @@ impl PeerClient {
         ClientError::ConnectionLost {
             node: self.peer.clone(),
         }
-    }
-}
-
-/// Sends queued requests, as many per write as are waiting.
-async fn send_loop(
-    mut wr: tokio::net::tcp::OwnedWriteHalf,
-    mut rx: mpsc::UnboundedReceiver<Message>,
-) {
-    let mut scratch = BytesMut::new();
-    let mut batch = Vec::with_capacity(64);
-    while rx.recv_many(&mut batch, 64).await > 0 {
-        if wire::write_all(&mut wr, &batch, &mut scratch)
-            .await
-            .is_err()
-        {
-            return;
-        }
-        batch.clear();
     }
 }
 

@@ -10,19 +10,23 @@
 //!
 //! A wrong secret or protocol version ends the connection after the Fatal
 //! frame that says why; nothing else happens on it. In the serving state
-//! each request runs as its own task (at most `max_inflight` at once per
-//! connection, which is the back-pressure: the reader stops reading), and
-//! one writer task sends the responses in batches.
+//! the reader runs each request inline first; one that has to wait goes on
+//! as its own task (at most `max_inflight` at once per connection, which is
+//! the back-pressure: the reader stops reading). Inline answers go out
+//! together before the reader waits on the socket again; a task answers
+//! through the shared [`FrameSender`] itself.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
+use std::future::Future;
+use std::task::Poll;
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::Semaphore;
 
 use super::images::CopyError;
-use super::wire::{self, FrameReader, WireError};
+use super::wire::{self, FrameReader, FrameSender, WireError};
 use super::StorageNode;
 use crate::proto::{
     chunk_checksum, ErrorCode, ErrorReply, Fatal, Generation, Message, Nonce, Op, Request,
@@ -61,30 +65,63 @@ pub(super) async fn serve(stream: TcpStream, peer: SocketAddr, node: Arc<Storage
         }
     };
     tracing::info!(peer = %peer, node = %client, "replication peer authenticated");
-    let (tx, rx) = mpsc::channel::<Message>(1024);
-    let writer = tokio::spawn(write_responses(wr, rx));
+    let (sender, flusher) = FrameSender::spawn(wr);
+    let sender = Arc::new(sender);
     let permits = Arc::new(Semaphore::new(node.cfg.max_inflight));
+    // Answers of requests that finished inline, sent together before the
+    // reader next waits on the socket (one write for a pipelined batch).
+    let mut answers: Vec<Message> = Vec::new();
     let end = loop {
-        let msg = match reader.next().await {
-            Ok(m) => m,
-            Err(WireError::Closed) => break None,
+        let msg = match reader.buffered() {
+            Ok(Some(m)) => m,
+            Ok(None) => {
+                if sender.send(&answers).is_err() {
+                    break None;
+                }
+                answers.clear();
+                match reader.next().await {
+                    Ok(m) => m,
+                    Err(WireError::Closed) => break None,
+                    Err(e) => break Some(e.to_string()),
+                }
+            }
             Err(e) => break Some(e.to_string()),
         };
         match msg {
             Message::Request(req) => {
-                let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
-                    break None;
+                let permit = match Arc::clone(&permits).try_acquire_owned() {
+                    Ok(p) => p,
+                    Err(_) => {
+                        // Full: what is answered goes out before we wait.
+                        if sender.send(&answers).is_err() {
+                            break None;
+                        }
+                        answers.clear();
+                        let Ok(p) = Arc::clone(&permits).acquire_owned().await else {
+                            break None;
+                        };
+                        p
+                    }
                 };
-                let node = Arc::clone(&node);
-                let tx = tx.clone();
-                tokio::spawn(async move {
-                    execute(&node, req, &tx).await;
-                    drop(permit);
-                });
+                // Run the request here first: most finish in their first
+                // poll (a cached read, a small buffered write), and then
+                // no task is spawned and woken for them. One that waits
+                // (on the engine, the gate) goes on as its own task.
+                let mut work = Box::pin(execute(Arc::clone(&node), req, Arc::clone(&sender)));
+                match std::future::poll_fn(|cx| Poll::Ready(work.as_mut().poll(cx))).await {
+                    Poll::Ready(answer) => answers.extend(answer),
+                    Poll::Pending => {
+                        let sender = Arc::clone(&sender);
+                        tokio::spawn(async move {
+                            if let Some(m) = work.await {
+                                let _ = sender.send(&[m]);
+                            }
+                            drop(permit);
+                        });
+                    }
+                }
             }
-            Message::Ping(id) => {
-                let _ = tx.send(ok(id, Bytes::new())).await;
-            }
+            Message::Ping(id) => answers.push(ok(id, Bytes::new())),
             Message::Unknown(u) => match u.request_id() {
                 Some(id) => {
                     let e = ErrorReply::new(
@@ -92,7 +129,7 @@ pub(super) async fn serve(stream: TcpStream, peer: SocketAddr, node: Arc<Storage
                         ErrorCode::UNSUPPORTED,
                         format!("opcode {} is not supported by this node", u.opcode),
                     );
-                    let _ = tx.send(Message::Response(Response::Error(e))).await;
+                    answers.push(Message::Response(Response::Error(e)));
                 }
                 None => break Some(format!("unexpected frame with opcode {}", u.opcode)),
             },
@@ -101,16 +138,17 @@ pub(super) async fn serve(stream: TcpStream, peer: SocketAddr, node: Arc<Storage
     };
     if let Some(why) = end {
         tracing::warn!(peer = %peer, node = %client, error = %why, "replication connection closed");
-        let _ = tx
-            .send(Message::Fatal(Fatal {
-                code: ErrorCode::PROTOCOL,
-                version: crate::proto::PROTOCOL_VERSION,
-                message: why,
-            }))
-            .await;
+        answers.push(Message::Fatal(Fatal {
+            code: ErrorCode::PROTOCOL,
+            version: crate::proto::PROTOCOL_VERSION,
+            message: why,
+        }));
     }
-    drop(tx);
-    let _ = writer.await;
+    let _ = sender.send(&answers);
+    // The flusher ends once the requests still running have answered and
+    // dropped their handles, and everything queued is written.
+    drop(sender);
+    let _ = flusher.await;
 }
 
 /// Runs the server side of the handshake; the authenticated client's id.
@@ -150,21 +188,6 @@ async fn handshake(
     }
 }
 
-/// Sends responses, as many per write as are queued.
-async fn write_responses(mut wr: tokio::net::tcp::OwnedWriteHalf, mut rx: mpsc::Receiver<Message>) {
-    let mut scratch = BytesMut::new();
-    let mut batch = Vec::with_capacity(64);
-    while rx.recv_many(&mut batch, 64).await > 0 {
-        if wire::write_all(&mut wr, &batch, &mut scratch)
-            .await
-            .is_err()
-        {
-            return;
-        }
-        batch.clear();
-    }
-}
-
 fn ok(id: crate::proto::RequestId, data: Bytes) -> Message {
     Message::Response(Response::Ok { id, data })
 }
@@ -199,16 +222,14 @@ fn error_reply(id: crate::proto::RequestId, e: &CopyError) -> Message {
     Message::Response(Response::Error(reply))
 }
 
-/// Runs one request and sends its response(s).
-async fn execute(node: &StorageNode, req: Request, tx: &mpsc::Sender<Message>) {
+/// Runs one request; its answer (`None` when a stream sent its responses
+/// already, or the connection failed under it).
+async fn execute(node: Arc<StorageNode>, req: Request, out: Arc<FrameSender>) -> Option<Message> {
     let id = req.id;
-    let result = run_op(node, req, tx).await;
-    let msg = match result {
-        Ok(Some(m)) => m,
-        Ok(None) => return,
-        Err(e) => error_reply(id, &e),
-    };
-    let _ = tx.send(msg).await;
+    match run_op(&node, req, &out).await {
+        Ok(m) => m,
+        Err(e) => Some(error_reply(id, &e)),
+    }
 }
 
 /// The operation itself, behind the gate. `Ok(None)` when the responses
@@ -216,7 +237,7 @@ async fn execute(node: &StorageNode, req: Request, tx: &mpsc::Sender<Message>) {
 async fn run_op(
     node: &StorageNode,
     req: Request,
-    tx: &mpsc::Sender<Message>,
+    out: &FrameSender,
 ) -> Result<Option<Message>, CopyError> {
     let copy = node.images.get(&req.image).await?;
     let _admitted = copy.admit(req.generation).await?;
@@ -292,7 +313,7 @@ async fn run_op(
                         offset: pos,
                         len: run,
                     };
-                    if tx.send(Message::Response(hole)).await.is_err() {
+                    if out.send(&[Message::Response(hole)]).is_err() {
                         return Ok(None);
                     }
                     pos += run;
@@ -307,9 +328,12 @@ async fn run_op(
                         offset: pos,
                         data,
                     };
-                    if tx.send(Message::Response(chunk)).await.is_err() {
+                    if out.send(&[Message::Response(chunk)]).is_err() {
                         return Ok(None);
                     }
+                    // Paced by the socket: a long stream must not queue
+                    // the range in memory.
+                    out.wait_room().await;
                     pos += n;
                 }
             }
