@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::cluster::Cluster;
+use drbd_like_sync::proto::Op;
 use drbd_like_sync::storage::BlockBackend;
 
 const SIZE: u64 = 256 << 20;
@@ -69,6 +70,34 @@ async fn latency(b: Arc<dyn BlockBackend>) -> (f64, f64) {
     (lat[lat.len() / 2], lat[lat.len() * 99 / 100])
 }
 
+/// One peer alone: 4 KiB writes one at a time straight through a
+/// `PeerClient` (no mirror, no local copy) for `RUN`; (median, p99) in µs.
+/// What a round trip to a storage node costs by itself.
+async fn peer_latency(c: &Cluster, i: usize) -> (f64, f64) {
+    let client = c.client(i).await;
+    let data = Bytes::from(vec![0x3cu8; IO]);
+    let start = Instant::now();
+    let mut lat = Vec::new();
+    let mut k = 0u64;
+    while start.elapsed() < RUN {
+        let offset = (k * 7919 % (SIZE / IO as u64)) * IO as u64;
+        let op = Op::Write {
+            offset,
+            data: data.clone(),
+            fua: false,
+        };
+        let t = Instant::now();
+        client
+            .call(&c.image, c.generation, op)
+            .await
+            .expect("peer write");
+        lat.push(t.elapsed().as_secs_f64() * 1e6);
+        k += 1;
+    }
+    lat.sort_by(|a, b| a.total_cmp(b));
+    (lat[lat.len() / 2], lat[lat.len() * 99 / 100])
+}
+
 fn commands(url: &str) -> u64 {
     let port = url
         .trim_start_matches("redis://127.0.0.1:")
@@ -116,6 +145,13 @@ fn main() {
             // info itself is one command per call.
             let per_write = after.saturating_sub(before + 1) as f64 / writes;
             println!("{name:<18} {q32:>13.0}   {p50:>13.1}   {p99:>6.1}   {per_write:>8.4}");
+            if copies == 2 {
+                let (p50, p99) = peer_latency(&c, 1).await;
+                println!(
+                    "{:<18} {:>13}   {p50:>13.1}   {p99:>6.1}",
+                    "peer alone (n2)", "-"
+                );
+            }
         }
     });
 }
