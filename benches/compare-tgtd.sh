@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # compare-tgtd.sh - side-by-side benchmark of locusd (A) against tgtd (B),
-# following ../shared/BENCHMARKING.md:
+# fairly (see benches/README.md):
 #   - both targets serve a 1 GiB LUN backed by a file in the same directory,
 #     both prefilled with a 1 GiB sequential write;
 #   - tgtd gets its best setup (MALLOC_* thresholds, its own -C control port,

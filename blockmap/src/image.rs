@@ -7,7 +7,7 @@ use crate::types::{BlockIndex, BlockRange, ByteSize, ImageName, NodeId};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 
-/// Default block size: 4 MiB (DESIGN.md "Data model").
+/// Default block size: 4 MiB (ARCHITECTURE.md, "blockmap and admin").
 pub const DEFAULT_BLOCK_SIZE: ByteSize = ByteSize::mib(4);
 /// Default out-of-sync tracking granularity: 64 KiB.
 pub const DEFAULT_GRANULARITY: ByteSize = ByteSize::kib(64);

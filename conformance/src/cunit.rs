@@ -35,8 +35,8 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use std::fmt;
 
-/// The outcome of one libiscsi test, as Locus scores it (DESIGN.md,
-/// "Conformance yardstick": skips are counted apart from passes).
+/// The outcome of one libiscsi test, as Locus scores it: skips are counted
+/// apart from passes, never as passes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Outcome {

@@ -1,4 +1,4 @@
-//! The kernel-initiator suite: `../shared/e2e/kernel-initiator.sh` (a qemu
+//! The kernel-initiator suite: `conformance/kernel-initiator/` (a qemu
 //! guest running open-iscsi: login, mkfs, mount, write, verify, fsck)
 //! against a fresh target, once per mode: plain, one-way CHAP, CRC32C
 //! digests. The target's IQN and LUN come from the [`RunningTarget`]: the
@@ -82,7 +82,7 @@ pub fn verdict(output: &str) -> Result<()> {
 fn run_mode(kind: &TargetKind, opts: &Options, mode: Mode) -> Result<String> {
     if !opts.script.is_file() {
         bail!(
-            "{} not found (it lives in ../shared/e2e/ next to the repository)",
+            "{} not found (the harness is conformance/kernel-initiator/ in the repository)",
             opts.script.display()
         );
     }

@@ -73,7 +73,7 @@ struct LibiscsiArgs {
 
 #[derive(clap::Args, Debug, Clone)]
 struct KernelArgs {
-    /// kernel-initiator.sh [default: ../shared/e2e/kernel-initiator.sh from the workspace root].
+    /// kernel-initiator.sh [default: conformance/kernel-initiator/kernel-initiator.sh].
     #[arg(long, env = "KERNEL_INITIATOR")]
     script: Option<PathBuf>,
     /// Modes to run (comma-separated).
@@ -134,10 +134,9 @@ fn libiscsi_opts(cli: &Cli, a: &LibiscsiArgs) -> libiscsi::Options {
 
 fn kernel_opts(a: &KernelArgs) -> kernel::Options {
     kernel::Options {
-        script: a
-            .script
-            .clone()
-            .unwrap_or_else(|| workspace_root().join("../shared/e2e/kernel-initiator.sh")),
+        script: a.script.clone().unwrap_or_else(|| {
+            workspace_root().join("conformance/kernel-initiator/kernel-initiator.sh")
+        }),
         modes: a
             .modes
             .iter()

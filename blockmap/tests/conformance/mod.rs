@@ -103,7 +103,8 @@ pub async fn images_roundtrip(s: Store) {
     );
 }
 
-/// The UKAI walkthrough on the model (DESIGN.md invariant 7).
+/// The UKAI walkthrough on the model (invariant 7 in ARCHITECTURE.md:
+/// placement safety).
 pub async fn placement_walkthrough(s: Store) {
     let s = &*s;
     add_nodes(s, &["a", "b"]).await;

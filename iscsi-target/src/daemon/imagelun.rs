@@ -102,9 +102,9 @@ fn push(ranges: &mut Vec<BlockRange>, r: BlockRange) {
 
 /// The serving rule: `node` may serve `rec` only when it is one of the
 /// image's hypervisors (an empty list allows every node) and holds an
-/// in-sync copy of every block (DESIGN.md invariant 3: reads only from
-/// in-sync copies; there is no other copy to read from until mirroring
-/// lands). Costs one pass over the runs, plus one bitmap probe per block of
+/// in-sync copy of every block (invariant 3 in ARCHITECTURE.md: reads only
+/// from in-sync copies; with the embedded store there is no other copy to
+/// read from). Costs one pass over the runs, plus one bitmap probe per block of
 /// runs where this node's dirty bitmap is not clean.
 pub fn check_placement(rec: &ImageRecord, node: &NodeId) -> Result<(), PlacementError> {
     let img = &rec.image;

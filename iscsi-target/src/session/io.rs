@@ -1,6 +1,6 @@
 //! Socket plumbing for one connection: reading whole PDUs into a buffer that
 //! holds many, and a writer task that flushes many PDUs with one vectored
-//! write (DESIGN.md, "Performance shape": no syscall per PDU).
+//! write (no syscall per PDU; ARCHITECTURE.md, "one command's path").
 
 use std::future::Future;
 use std::io::{self, IoSlice};
