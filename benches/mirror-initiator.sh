@@ -18,15 +18,19 @@
 # reads, 1 MiB QD8 sequential writes, 4 KiB QD1 writes (mean latency).
 #
 # Usage: benches/mirror-initiator.sh [--rounds N] [--scale F] [--bin DIR]
-#          [--results DIR] [--workdir DIR]
+#          [--results DIR] [--workdir DIR] [--workloads LIST] [--targets LIST]
 #   --bin DIR   where locusd and locus are (default target/release)
 #   --scale F   multiply the request counts (e.g. 0.25 for a quick check)
+#   --workloads comma-separated subset of the workloads above (default all)
+#   --targets   comma-separated subset of one,two,three,tgtd (default all)
 # Output: a Markdown table on stdout (and in RESULTS/summary.md), raw numbers
 # in RESULTS/raw.tsv, the command and the machine load in RESULTS/env.txt.
 set -Eeuo pipefail
 
 ROUNDS=3
 SCALE=1
+WORKLOADS=()
+TARGETS=()
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BIN=${BIN:-$ROOT/target/release}
 RESULTS=""
@@ -42,6 +46,8 @@ while [[ $# -gt 0 ]]; do
     --bin) BIN=$2; shift ;;
     --results) RESULTS=$2; shift ;;
     --workdir) WORKDIR_PARENT=$2; shift ;;
+    --workloads) IFS=, read -r -a WORKLOADS <<<"$2"; shift ;;
+    --targets) IFS=, read -r -a TARGETS <<<"$2"; shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
@@ -165,8 +171,10 @@ for t in one two three; do qemu-img bench -f raw -w -c 1024 -d 8 -s 1M -S 1M "${
 qemu-img bench -f raw -w -c 1024 -d 8 -s 1M -S 1M "$TGT_URL" >/dev/null
 
 printf 'round\tworkload\ttarget\tios\tseconds\tiops\tmbps\tlat_us\tcpu_n1\tcpu_n2\tcpu_n3\tcpu_tgtd\tstore_per_io\n' >"$RESULTS/raw.tsv"
-WORKLOADS=(4k-randwrite-qd32 4k-randread-qd32 1m-seqwrite-qd8 4k-write-qd1)
-TARGETS=(one two three tgtd)
+ALL_SET=1
+[[ ${#WORKLOADS[@]} -eq 0 && ${#TARGETS[@]} -eq 0 ]] || ALL_SET=0
+[[ ${#WORKLOADS[@]} -gt 0 ]] || WORKLOADS=(4k-randwrite-qd32 4k-randread-qd32 1m-seqwrite-qd8 4k-write-qd1)
+[[ ${#TARGETS[@]} -gt 0 ]] || TARGETS=(one two three tgtd)
 for round in $(seq 1 "$ROUNDS"); do
   for wl in "${WORKLOADS[@]}"; do
     log "round $round/$ROUNDS $wl"
@@ -214,5 +222,5 @@ col() { awk -F'\t' -v w="$1" -v n="$2" -v f="$3" 'NR > 1 && $2 == w && $3 == n {
   echo
   awk -v a="$RSS0" -v b="$RSS1" -v c="$ANON0" -v d="$ANON1" 'BEGIN { printf "Serving a 1 TiB image with 3 clean locations (2000 scattered 4 KiB writes and reads): n1 anonymous RSS (RssAnon) %.1f MiB -> %.1f MiB, +%.1f MiB; VmRSS (with the page cache that zero-copy reads map) %.1f -> %.1f MiB, +%.1f MiB.\n", c / 1024, d / 1024, (d - c) / 1024, a / 1024, b / 1024, (b - a) / 1024 }'
   echo
-  echo "Command: \`benches/mirror-initiator.sh --rounds $ROUNDS$([[ $SCALE != 1 ]] && echo " --scale $SCALE")\`; raw numbers: $RESULTS/raw.tsv"
+  echo "Command: \`benches/mirror-initiator.sh --rounds $ROUNDS$([[ $SCALE != 1 ]] && echo " --scale $SCALE")$([[ $ALL_SET == 0 ]] && echo " --workloads $(IFS=,; echo "${WORKLOADS[*]}") --targets $(IFS=,; echo "${TARGETS[*]}")")\`; raw numbers: $RESULTS/raw.tsv"
 } | tee "$RESULTS/summary.md"
