@@ -400,7 +400,7 @@ fn voluntary_switches() -> Option<i64> {
         return None;
     }
     // SAFETY: zero-initialised and, on success, filled by the kernel.
-    Some(i64::from(unsafe { ru.assume_init() }.ru_nvcsw))
+    Some(unsafe { ru.assume_init() }.ru_nvcsw)
 }
 
 /// Runs `f` on tokio's blocking pool with the file: the slow path of every
