@@ -2,7 +2,9 @@
 # The Locus test command: everything CI runs (.ci/run execs this).
 #
 #   1. scripts/install-test-deps.sh  (apt-get only for what is missing)
-#   2. cargo build --workspace --release --bins
+#   2. cargo build --workspace --release --bins; then the README's first
+#      command (cargo run --release --bin locusd -- --help) must not
+#      recompile; cargo fmt --check and clippy -D warnings must be clean
 #   3. cargo test --workspace --release   (unit + integration; same profile)
 #   4. target/release/locus-conformance all   (= cargo run --release -p
 #      conformance -- all, without cargo re-resolving features for one
@@ -51,6 +53,43 @@ say "cargo build --workspace --release --bins"
 cargo build --workspace --release --bins 2>&1 | tee "$LOGS/build.log"
 rc=${PIPESTATUS[0]}
 count_step_failure build "$rc" "$FAILED"
+
+# The README's first command must start locusd without compiling anything
+# after the build above: `cargo run --bin locusd` selects the whole
+# workspace, so its features unify as they did there (with `-p iscsi-target`
+# they would not, and dependencies would be rebuilt first). One passed or
+# failed check.
+say "the README's first command starts without recompiling (cargo run --release --bin locusd -- --help)"
+cargo run --release --bin locusd -- --help >"$LOGS/first-command.log" 2>&1
+rc=$?
+if [[ $rc == 0 ]] && ! grep -q '^ *Compiling ' "$LOGS/first-command.log"; then
+  PASSED=$((PASSED + 1))
+  echo "first command: ready without recompiling"
+else
+  grep '^ *Compiling ' "$LOGS/first-command.log" | head -5
+  echo "first command: exit $rc, or it recompiled (see $LOGS/first-command.log)"
+  step_failed first-command
+  FAILED=$((FAILED + 1))
+fi
+
+# What the habits ask of every commit: formatted, and clippy clean with
+# warnings as errors. One passed or failed check each.
+for lint in "cargo fmt --all --check" "cargo clippy --workspace --all-targets --release -- -D warnings"; do
+  say "$lint"
+  name=${lint#cargo }
+  name=${name%% *}
+  $lint >"$LOGS/$name.log" 2>&1
+  rc=$?
+  if [[ $rc == 0 ]]; then
+    PASSED=$((PASSED + 1))
+    echo "$name: clean"
+  else
+    tail -n 30 "$LOGS/$name.log"
+    echo "$name: NOT clean (exit $rc; $LOGS/$name.log)"
+    step_failed "$name"
+    FAILED=$((FAILED + 1))
+  fi
+done
 
 say "cargo test --workspace --release"
 before=$FAILED
