@@ -507,3 +507,134 @@ async fn storage_errors_map_to_sense() {
         0,
     );
 }
+
+/// A memory backend whose reads at byte `gated` wait until the test opens
+/// the gate: a COMPARE AND WRITE there stalls inside its exclusive section.
+struct GatedReads {
+    inner: drbd_like_sync::storage::MemoryBackend,
+    gated: u64,
+    reached: tokio::sync::Notify,
+    open: tokio::sync::Semaphore,
+}
+
+#[async_trait::async_trait]
+impl drbd_like_sync::storage::BlockBackend for GatedReads {
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+    fn engine_name(&self) -> &'static str {
+        "gated"
+    }
+    async fn read(
+        &self,
+        offset: u64,
+        len: usize,
+    ) -> Result<bytes::Bytes, drbd_like_sync::storage::StorageError> {
+        if offset == self.gated {
+            self.reached.notify_one();
+            let _p = self.open.acquire().await;
+        }
+        self.inner.read(offset, len).await
+    }
+    async fn write(
+        &self,
+        offset: u64,
+        data: bytes::Bytes,
+        fua: bool,
+    ) -> Result<(), drbd_like_sync::storage::StorageError> {
+        self.inner.write(offset, data, fua).await
+    }
+    async fn flush(&self) -> Result<(), drbd_like_sync::storage::StorageError> {
+        self.inner.flush().await
+    }
+    async fn discard(
+        &self,
+        offset: u64,
+        len: u64,
+    ) -> Result<(), drbd_like_sync::storage::StorageError> {
+        self.inner.discard(offset, len).await
+    }
+    async fn write_zeroes(
+        &self,
+        offset: u64,
+        len: u64,
+        unmap: bool,
+    ) -> Result<(), drbd_like_sync::storage::StorageError> {
+        self.inner.write_zeroes(offset, len, unmap).await
+    }
+    async fn allocation(
+        &self,
+        offset: u64,
+    ) -> Result<(bool, u64), drbd_like_sync::storage::StorageError> {
+        self.inner.allocation(offset).await
+    }
+}
+
+/// COMPARE AND WRITE holds only its own blocks (SBC-3 5.2): while one is
+/// stalled between its read and its write, a WRITE elsewhere on the LU
+/// completes, and a WRITE to its block waits and lands after it. (With a
+/// lock over the whole LU the first WRITE would wait too.)
+#[tokio::test]
+async fn compare_and_write_holds_only_its_own_blocks() {
+    use std::sync::Arc;
+    use std::time::Duration;
+    let backend = Arc::new(GatedReads {
+        inner: drbd_like_sync::storage::MemoryBackend::new(BLOCKS * u64::from(BS)),
+        gated: 7 * u64::from(BS),
+        reached: tokio::sync::Notify::new(),
+        open: tokio::sync::Semaphore::new(0),
+    });
+    let lu = Arc::new(
+        iscsi_target::scsi::LogicalUnit::new(
+            iscsi_target::scsi::LunConfig::new("GATED"),
+            Arc::clone(&backend) as Arc<dyn drbd_like_sync::storage::BlockBackend>,
+        )
+        .unwrap(),
+    );
+    let t = Arc::new(iscsi_target::scsi::ScsiTarget::new(
+        "iqn.2024-01.test:target",
+    ));
+    t.add_lun(0, lu);
+    let n = nexus(1);
+    let new = pattern(2, 512);
+    let mut cdb = [0u8; 16];
+    cdb[0] = 0x89;
+    cdb[2..10].copy_from_slice(&7u64.to_be_bytes());
+    cdb[13] = 1;
+    let mut buf = vec![0u8; 512]; // the block is all zeroes: compare matches
+    buf.extend_from_slice(&new);
+    let caw = {
+        let (t, n) = (Arc::clone(&t), n.clone());
+        tokio::spawn(async move { exec(&t, &n, &cdb, 1024, &buf).await })
+    };
+    backend.reached.notified().await; // the CAW holds block 7 and waits
+
+    // Elsewhere on the LU: not held up.
+    let far = tokio::time::timeout(
+        Duration::from_secs(10),
+        exec(&t, &n, &write10(100, 1, false), 512, &pattern(3, 512)),
+    )
+    .await
+    .expect("a write to another block waited for the COMPARE AND WRITE");
+    good(&far);
+
+    // The CAW's own block: waits until the CAW is done, then lands last.
+    let near = {
+        let (t, n) = (Arc::clone(&t), n.clone());
+        tokio::spawn(
+            async move { exec(&t, &n, &write10(7, 1, false), 512, &pattern(4, 512)).await },
+        )
+    };
+    for _ in 0..50 {
+        tokio::task::yield_now().await;
+    }
+    assert!(
+        !near.is_finished(),
+        "a write to the CAW's block overtook it"
+    );
+    backend.open.add_permits(1);
+    good(&caw.await.unwrap());
+    good(&near.await.unwrap());
+    assert_eq!(&read_blocks(&t, &n, 7, 1).await[..], &pattern(4, 512)[..]);
+    assert_eq!(&read_blocks(&t, &n, 100, 1).await[..], &pattern(3, 512)[..]);
+}

@@ -2,6 +2,8 @@
 //! attentions, reservations) and the dispatch of LU-level commands to the
 //! command-family modules (SAM-5 4.6, SBC-3).
 
+use drbd_like_sync::core::ByteRange;
+use drbd_like_sync::mirror::range_lock::{RangeGuard, RangeLock};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -296,9 +298,13 @@ pub struct LogicalUnit {
     pub(crate) blocks: u64,
     pub(crate) wce: AtomicBool,
     pub(crate) state: Mutex<LuState>,
-    /// Writers take it shared; COMPARE AND WRITE and ORWRITE take it
-    /// exclusively so that their read-modify-write is atomic.
-    pub(crate) io_lock: tokio::sync::RwLock<()>,
+    /// Byte ranges in use: reads and writes hold theirs shared; COMPARE AND
+    /// WRITE, ORWRITE and WRITE ATOMIC hold theirs exclusively, so that
+    /// their read-modify-write is atomic against every command that touches
+    /// the same blocks and stalls no other (SBC-3 §5.2). With a mirrored
+    /// image this LU is the image's single writer, so the atomicity holds
+    /// across every copy.
+    io_lock: RangeLock,
     /// Zero-copy READ data (see [`ZeroCopy`]).
     pub(crate) zero_copy: ZeroCopy,
 }
@@ -341,7 +347,7 @@ impl LogicalUnit {
                 pr,
                 ..LuState::default()
             }),
-            io_lock: tokio::sync::RwLock::new(()),
+            io_lock: RangeLock::default(),
             zero_copy: ZeroCopy::default(),
             cfg,
         })
@@ -406,12 +412,19 @@ impl LogicalUnit {
         st.ua.remove(&nexus);
     }
 
-    /// `io_lock` taken exclusively, for a command whose access must be
-    /// atomic against every other (COMPARE AND WRITE, ORWRITE, WRITE
-    /// ATOMIC); stops zero-copy READ data first (see [`ZeroCopy`]).
-    pub(crate) async fn exclusive_io(&self) -> tokio::sync::RwLockWriteGuard<'_, ()> {
+    /// `len` bytes at byte `offset` held exclusively, for a command whose
+    /// access must be atomic against every other one on those bytes
+    /// (COMPARE AND WRITE, ORWRITE, WRITE ATOMIC); stops zero-copy READ
+    /// data first (see [`ZeroCopy`]).
+    pub(crate) async fn exclusive_io(&self, offset: u64, len: u64) -> RangeGuard<'_> {
         self.zero_copy.stop().await;
-        self.io_lock.write().await
+        self.io_lock.lock(ByteRange::new(offset, len)).await
+    }
+
+    /// `len` bytes at byte `offset` held shared, for a plain read or write:
+    /// it waits only for an exclusive holder of overlapping bytes.
+    pub(crate) async fn shared_io(&self, offset: u64, len: u64) -> RangeGuard<'_> {
+        self.io_lock.lock_shared(ByteRange::new(offset, len)).await
     }
 
     /// Execute an LU-level command: UA, reservation checks, then the handler.

@@ -76,7 +76,7 @@ pub(crate) async fn read_write(lu: &LogicalUnit, ctx: &Ctx<'_>) -> Result<Payloa
         if len == 0 {
             return Ok(Payload::Mem(Bytes::new()));
         }
-        let _g = lu.io_lock.read().await;
+        let _g = lu.shared_io(off, len as u64).await;
         if ctx.req.zero_copy {
             if let Some(range) = lu.zero_copy.range(lu.backend.as_ref(), off, len) {
                 return Ok(Payload::File(range));
@@ -101,14 +101,14 @@ pub(crate) async fn read_write(lu: &LogicalUnit, ctx: &Ctx<'_>) -> Result<Payloa
     let fua = verify || (op != WRITE_6 && u8_at(cdb, 1) & 0x08 != 0) || !lu.write_cache_enabled();
     // WRITE ATOMIC excludes every other access for its duration (SBC-4 4.29).
     if op == WRITE_ATOMIC_16 {
-        let _g = lu.exclusive_io().await;
+        let _g = lu.exclusive_io(off, len as u64).await;
         lu.backend
             .write(off, data, fua)
             .await
             .map_err(write_error)?;
         return Ok(Payload::Mem(Bytes::new()));
     }
-    let _g = lu.io_lock.read().await;
+    let _g = lu.shared_io(off, len as u64).await;
     lu.backend
         .write(off, data, fua)
         .await
@@ -157,8 +157,8 @@ pub(crate) async fn verify(lu: &LogicalUnit, ctx: &Ctx<'_>) -> CmdResult {
     }
 }
 
-/// COMPARE AND WRITE (SBC-3 5.2): atomic against all other writes of the
-/// LU (exclusive `io_lock`). Mismatch: MISCOMPARE DURING VERIFY OPERATION,
+/// COMPARE AND WRITE (SBC-3 5.2): atomic against every other command on
+/// its blocks (their range held exclusively). Mismatch: MISCOMPARE DURING VERIFY OPERATION,
 /// INFORMATION = offset of the first differing byte in the Data-Out buffer.
 pub(crate) async fn compare_and_write(lu: &LogicalUnit, ctx: &Ctx<'_>) -> CmdResult {
     let cdb = ctx.cdb();
@@ -181,7 +181,7 @@ pub(crate) async fn compare_and_write(lu: &LogicalUnit, ctx: &Ctx<'_>) -> CmdRes
     let (cmp, new) = (buf.slice(..len), buf.slice(len..));
     let off = lu.byte_offset(lba);
     let fua = u8_at(cdb, 1) & 0x08 != 0 || !lu.write_cache_enabled();
-    let _g = lu.exclusive_io().await;
+    let _g = lu.exclusive_io(off, len as u64).await;
     let cur = lu.backend.read(off, len).await.map_err(read_error)?;
     if let Some(p) = first_mismatch(&cur, &cmp) {
         return Err(sense::MISCOMPARE_VERIFY.with_info(p as u32).into());
@@ -203,7 +203,7 @@ pub(crate) async fn orwrite(lu: &LogicalUnit, ctx: &Ctx<'_>) -> CmdResult {
     }
     let off = lu.byte_offset(lba);
     let fua = u8_at(cdb, 1) & 0x08 != 0 || !lu.write_cache_enabled();
-    let _g = lu.exclusive_io().await;
+    let _g = lu.exclusive_io(off, len as u64).await;
     let cur = lu.backend.read(off, len).await.map_err(read_error)?;
     let mut out = BytesMut::from(&cur[..]);
     for (o, d) in out.iter_mut().zip(data.iter()) {

@@ -51,7 +51,7 @@ pub(crate) async fn write_same(lu: &LogicalUnit, ctx: &Ctx<'_>) -> CmdResult {
     let total = n * bs as u64;
     let zero = block.as_ref().is_none_or(|b| b.iter().all(|&x| x == 0));
     let fua = !lu.write_cache_enabled();
-    let _g = lu.io_lock.read().await;
+    let _g = lu.shared_io(off, total).await;
     if zero {
         lu.backend
             .write_zeroes(off, total, unmap)
@@ -119,9 +119,9 @@ pub(crate) async fn unmap(lu: &LogicalUnit, ctx: &Ctx<'_>) -> CmdResult {
         ranges.push((lba, n));
     }
     let bs = u64::from(lu.block_size);
-    let _g = lu.io_lock.read().await;
     for (lba, n) in ranges {
         if n > 0 {
+            let _g = lu.shared_io(lba * bs, n * bs).await;
             lu.backend
                 .discard(lba * bs, n * bs)
                 .await

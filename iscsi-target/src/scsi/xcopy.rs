@@ -239,13 +239,13 @@ pub(crate) async fn extended_copy(lu: &LogicalUnit, ctx: &Ctx<'_>) -> CmdResult 
         while done < s.len {
             let n = (s.len - done).min(CHUNK);
             let data = {
-                let _g = from.io_lock.read().await;
+                let _g = from.shared_io(s.src_off + done, n).await;
                 from.backend
                     .read(s.src_off + done, n as usize)
                     .await
                     .map_err(read_error)?
             };
-            let _g = to.io_lock.read().await;
+            let _g = to.shared_io(s.dst_off + done, n).await;
             to.backend
                 .write(s.dst_off + done, data, fua)
                 .await
