@@ -58,29 +58,39 @@ impl RangeLock {
     }
 
     async fn acquire(&self, range: ByteRange, shared: bool) -> RangeGuard<'_> {
+        // Fast path: nothing in the way, no wake-up registration (every
+        // read and write of a LU comes here).
+        if let Some(g) = self.try_acquire(range, shared) {
+            return g;
+        }
         loop {
-            // Register for the wake-up before checking, so a release between
-            // the check and the await is not missed.
+            // Register for the wake-up before checking again, so a release
+            // between the check and the await is not missed.
             let notified = self.released.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            {
-                let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
-                let blocked = held
-                    .iter()
-                    .any(|(_, r, s)| overlaps(r, &range) && !(shared && *s));
-                if !blocked {
-                    let id = {
-                        let mut n = self.next.lock().unwrap_or_else(|e| e.into_inner());
-                        *n += 1;
-                        *n
-                    };
-                    held.push((id, range, shared));
-                    return RangeGuard { lock: self, id };
-                }
+            if let Some(g) = self.try_acquire(range, shared) {
+                return g;
             }
             notified.await;
         }
+    }
+
+    fn try_acquire(&self, range: ByteRange, shared: bool) -> Option<RangeGuard<'_>> {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        let blocked = held
+            .iter()
+            .any(|(_, r, s)| overlaps(r, &range) && !(shared && *s));
+        if blocked {
+            return None;
+        }
+        let id = {
+            let mut n = self.next.lock().unwrap_or_else(|e| e.into_inner());
+            *n += 1;
+            *n
+        };
+        held.push((id, range, shared));
+        Some(RangeGuard { lock: self, id })
     }
 
     /// Number of ranges held now (for tests and diagnostics).
