@@ -53,16 +53,20 @@ async fn iops(b: Arc<dyn BlockBackend>, qd: usize) -> f64 {
     total as f64 / start.elapsed().as_secs_f64()
 }
 
-/// 4 KiB writes one at a time for `RUN`; returns (median, p99) in µs.
-async fn latency(b: Arc<dyn BlockBackend>) -> (f64, f64) {
-    let data = Bytes::from(vec![0x5au8; IO]);
+/// Runs `one(offset)` (one 4 KiB write) back to back for `RUN`, at
+/// scattered offsets; returns (median, p99) in µs.
+async fn latency_of<F, Fut>(mut one: F) -> (f64, f64)
+where
+    F: FnMut(u64) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
     let start = Instant::now();
     let mut lat = Vec::new();
     let mut i = 0u64;
     while start.elapsed() < RUN {
         let off = (i * 7919 % (SIZE / IO as u64)) * IO as u64;
         let t = Instant::now();
-        b.write(off, data.clone(), false).await.expect("write");
+        one(off).await;
         lat.push(t.elapsed().as_secs_f64() * 1e6);
         i += 1;
     }
@@ -70,32 +74,38 @@ async fn latency(b: Arc<dyn BlockBackend>) -> (f64, f64) {
     (lat[lat.len() / 2], lat[lat.len() * 99 / 100])
 }
 
+/// 4 KiB writes one at a time through `b`; (median, p99) in µs.
+async fn latency(b: Arc<dyn BlockBackend>) -> (f64, f64) {
+    let data = Bytes::from(vec![0x5au8; IO]);
+    latency_of(|off| {
+        let (b, data) = (Arc::clone(&b), data.clone());
+        async move { b.write(off, data, false).await.expect("write") }
+    })
+    .await
+}
+
 /// One peer alone: 4 KiB writes one at a time straight through a
-/// `PeerClient` (no mirror, no local copy) for `RUN`; (median, p99) in µs.
-/// What a round trip to a storage node costs by itself.
+/// `PeerClient` (no mirror, no local copy); (median, p99) in µs. What a
+/// round trip to a storage node costs by itself.
 async fn peer_latency(c: &Cluster, i: usize) -> (f64, f64) {
-    let client = c.client(i).await;
+    let client = Arc::new(c.client(i).await);
     let data = Bytes::from(vec![0x3cu8; IO]);
-    let start = Instant::now();
-    let mut lat = Vec::new();
-    let mut k = 0u64;
-    while start.elapsed() < RUN {
-        let offset = (k * 7919 % (SIZE / IO as u64)) * IO as u64;
-        let op = Op::Write {
-            offset,
-            data: data.clone(),
-            fua: false,
-        };
-        let t = Instant::now();
-        client
-            .call(&c.image, c.generation, op)
-            .await
-            .expect("peer write");
-        lat.push(t.elapsed().as_secs_f64() * 1e6);
-        k += 1;
-    }
-    lat.sort_by(|a, b| a.total_cmp(b));
-    (lat[lat.len() / 2], lat[lat.len() * 99 / 100])
+    latency_of(|offset| {
+        let (client, data) = (Arc::clone(&client), data.clone());
+        let (image, generation) = (c.image.clone(), c.generation);
+        async move {
+            let op = Op::Write {
+                offset,
+                data,
+                fua: false,
+            };
+            client
+                .call(&image, generation, op)
+                .await
+                .expect("peer write");
+        }
+    })
+    .await
 }
 
 fn commands(url: &str) -> u64 {
