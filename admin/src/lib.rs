@@ -51,6 +51,10 @@ pub enum Command {
         image: String,
     },
     /// Define iSCSI targets, their LUNs, ACLs and CHAP.
+    ///
+    /// A new target has an empty ACL, and an empty ACL lets every initiator
+    /// log in; once `locus target acl add` lists an initiator, only the
+    /// listed initiators may. CHAP, when set, applies either way.
     #[command(subcommand, after_help = EXIT_CODES_HELP)]
     Target(cmd::target::TargetCmd),
 }

@@ -271,6 +271,15 @@ fn usage_errors_and_help() {
         "{}",
         r.stdout
     );
+    // The meaning of an empty ACL is stated where targets are defined.
+    let r = locus(m, &["target", "--help"]);
+    assert_eq!(r.code, 0);
+    assert!(
+        r.stdout
+            .contains("an empty ACL lets every initiator log in"),
+        "{}",
+        r.stdout
+    );
     let r = locus(
         m,
         &["image", "create", "x", "--size", "8X", "--location", "a"],

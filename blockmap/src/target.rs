@@ -56,14 +56,17 @@ pub struct Target {
     pub iqn: Iqn,
     /// LUN number to image.
     pub luns: BTreeMap<u64, ImageName>,
-    /// Initiators allowed to log in; empty means nobody.
+    /// Initiators allowed to log in. Empty (a new target's ACL) means no
+    /// ACL: every initiator may log in (CHAP, when set, still applies);
+    /// once it lists one initiator, only the listed ones may.
     pub acl: BTreeSet<Iqn>,
     /// CHAP, if required.
     pub chap: Option<Chap>,
 }
 
 impl Target {
-    /// A target with no LUNs, an empty ACL and no CHAP.
+    /// A target with no LUNs, an empty ACL (every initiator may log in) and
+    /// no CHAP.
     pub fn new(iqn: Iqn) -> Self {
         Self {
             iqn,

@@ -1,11 +1,14 @@
 //! Fuzzes the text key=value codec (RFC 7143 §6.1) and, with the same
 //! input, the login state machine (RFC 7143 §6.3, §11.12, §11.13).
 //!
-//! 1. `parse_text` on the whole input. Oracles: no panic; every accepted
-//!    pair obeys §6.1 (key of 1..=63 bytes from the key alphabet, value of at
-//!    most 8192 bytes without control characters, no key repeated except
-//!    `TargetName`/`TargetAddress`); `encode_text` of the pairs parses back to
-//!    the same pairs.
+//! 1. `parse_text` on the whole input. Oracles: no panic; an accepted
+//!    non-empty input ends with a NUL (every pair, the last one included, is
+//!    NUL-terminated) and a non-empty input without a final NUL is refused
+//!    with `Unterminated`; every accepted pair obeys §6.1 (key of 1..=63
+//!    bytes from the key alphabet, value of at most 8192 bytes without
+//!    control characters, no key repeated except `TargetName`/
+//!    `TargetAddress`); `encode_text` of the pairs parses back to the same
+//!    pairs.
 //! 2. The input as a login: byte 0 picks the directory (bit 0: discovery
 //!    needs CHAP; bit 1: a 1 KiB cap on continued text instead of 64 KiB);
 //!    the rest is a sequence of steps `[flags][len lo][len hi][text; len]`
@@ -17,7 +20,10 @@
 //!    carries no text, no T bit and no result; a success has NSG > CSG with
 //!    T and NSG = CSG without it; a result comes exactly with T and
 //!    NSG = FullFeaturePhase; our own response text parses; once failed or
-//!    finished, every further step is fatal with 0x020B.
+//!    finished, every further step is fatal with 0x020B; a final (C=0) step
+//!    whose text, with what continued steps gathered before it, is non-empty
+//!    and does not end with a NUL is fatal with 0x0200 (or 0x0205 when a
+//!    first PDU's Version-min is checked before its text).
 #![no_main]
 
 use std::sync::Arc;
@@ -26,7 +32,7 @@ use bytes::Bytes;
 use iscsi_target::login::chap::{decode_binary, encode_hex, ChapAlgorithm};
 use iscsi_target::login::{
     encode_text, parse_text, ChapCredentials, DiscoveredTarget, LoginInput, LoginMachine,
-    LoginOutput, LoginStatus, Stage, TargetAuthInfo, TargetDirectory, TargetLimits,
+    LoginOutput, LoginStatus, Stage, TargetAuthInfo, TargetDirectory, TargetLimits, TextError,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -92,7 +98,15 @@ impl TargetDirectory for Directory {
 }
 
 fn check_parse(data: &[u8]) {
-    let Ok(pairs) = parse_text(data) else {
+    let parsed = parse_text(data);
+    if data.last().is_some_and(|&b| b != 0) {
+        assert!(
+            matches!(parsed, Err(TextError::Unterminated { .. })),
+            "unterminated last pair not refused: {parsed:?}"
+        );
+        return;
+    }
+    let Ok(pairs) = parsed else {
         return;
     };
     for (i, (k, v)) in pairs.iter().enumerate() {
@@ -207,6 +221,8 @@ fn run_login(data: &[u8]) {
     let mut m = LoginMachine::new(dir, limits);
     let mut chap = Challenge::default();
     let mut ended = false;
+    // Text gathered by continued (C=1) steps the machine accepted.
+    let mut gathered: Vec<u8> = Vec::new();
     while let Some((&flags, tail)) = rest.split_first() {
         let len = match tail {
             [lo, hi, ..] => usize::from(u16::from_le_bytes([*lo, *hi])),
@@ -227,8 +243,23 @@ fn run_login(data: &[u8]) {
             version_min: (flags >> 6) & 1,
             text: chap.fill(text),
         };
+        // Version-min is checked on every PDU before the first stage.
+        let first = m.stage().is_none();
         let out = m.step(&input);
         check_output(&out, ended);
+        if !ended {
+            gathered.extend_from_slice(&input.text);
+            if !input.cont {
+                if gathered.last().is_some_and(|&b| b != 0) {
+                    let status = (out.status_class, out.status_detail);
+                    assert!(
+                        out.fatal && (status == (2, 0) || (first && status == (2, 5))),
+                        "unterminated login text accepted: {status:?}"
+                    );
+                }
+                gathered.clear();
+            }
+        }
         if out.fatal {
             assert!(m.is_failed() && m.stage().is_none());
             ended = true;

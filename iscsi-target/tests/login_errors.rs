@@ -6,7 +6,7 @@ mod common;
 
 use bytes::Bytes;
 use common::*;
-use iscsi_target::login::{LoginInput, LoginMachine, Stage};
+use iscsi_target::login::{AuthVerdict, LoginInput, LoginMachine, Stage};
 
 fn normal_first(target: &str) -> Vec<(&'static str, String)> {
     vec![
@@ -96,6 +96,36 @@ fn chap_to_challenge(target: &str) -> (LoginMachine, u8, Vec<u8>) {
     let p = pairs(&out);
     let id: u8 = get(&p, "CHAP_I").unwrap().parse().unwrap();
     (m, id, unhex(&get(&p, "CHAP_C").unwrap()))
+}
+
+#[test]
+fn chap_verdicts_are_reported_for_the_throttle() {
+    // No verdict before the CHAP response; the name is known from the first
+    // PDU on.
+    let (mut m, id, c) = chap_to_challenge(CHAP_TARGET);
+    assert_eq!(m.auth_verdict(), None);
+    assert_eq!(m.initiator_name(), Some(INITIATOR));
+    let r = format!("0x{}", hex::encode(chap_response("5", id, b"wrong", &c)));
+    assert_status(
+        &m.step(&req(0, 1, true, kv(&[("CHAP_N", USER), ("CHAP_R", &r)]))),
+        2,
+        1,
+    );
+    assert_eq!(m.auth_verdict(), Some(AuthVerdict::Failed));
+    assert_eq!(m.initiator_name(), Some(INITIATOR), "kept past the failure");
+    // The step that completes CHAP passes; the next step has no verdict.
+    let (mut m, id, c) = chap_to_challenge(CHAP_TARGET);
+    let r = format!("0x{}", hex::encode(chap_response("5", id, SECRET, &c)));
+    assert_ok(&m.step(&req(0, 1, true, kv(&[("CHAP_N", USER), ("CHAP_R", &r)]))));
+    assert_eq!(m.auth_verdict(), Some(AuthVerdict::Passed));
+    assert_ok(&m.step(&req(1, 3, true, Bytes::new())));
+    assert_eq!(m.auth_verdict(), None);
+    // A target without CHAP gives no verdict.
+    let mut m = machine();
+    let mut k = normal_first(OPEN_TARGET);
+    k.push(("AuthMethod", "None".into()));
+    assert_ok(&m.step(&req(0, 1, true, t(&k))));
+    assert_eq!(m.auth_verdict(), None);
 }
 
 #[test]

@@ -260,6 +260,8 @@ async fn scenario(admin: Arc<dyn MetadataStore>, daemon: Arc<dyn MetadataStore>)
         "data in the image file"
     );
 
+    // The empty ACL of a new target lets every initiator in (as documented
+    // on `blockmap::target::Target::acl` and in `locus target --help`).
     // An ACL: other initiators are refused at their next login (02/02).
     assert_eq!(login_status(d.addr, OTHER_INITIATOR).await, (0, 0));
     ops::add_acl(admin, &iqn(), &Iqn::new(INITIATOR).expect("iqn"))

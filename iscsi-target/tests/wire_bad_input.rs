@@ -7,7 +7,10 @@ mod common;
 
 use bytes::Bytes;
 use common::*;
-use iscsi_target::pdu::{Bhs, DataOut, Itt, LoginFlags, Pdu, RejectReason, SeqNum, Ttt, BHS_LEN};
+use iscsi_target::pdu::{
+    Bhs, DataOut, Itt, LoginFlags, LoginRequest, Pdu, RejectReason, SeqNum, TextRequest, Ttt,
+    BHS_LEN,
+};
 
 /// A second, healthy session that must be unaffected by the bad one.
 async fn bystander(d: &TestDaemon) -> Wire {
@@ -356,4 +359,98 @@ async fn bad_chap_response_gets_authentication_failure() {
         panic!()
     };
     assert_eq!((lr.status_class, lr.status_detail), (2, 1));
+}
+
+/// `text(pairs)` without the NUL after the last pair. The PDU encoder pads
+/// the segment to 4 bytes with zeros; the padding is not part of the
+/// declared DataSegmentLength, so it must not count as the missing NUL.
+fn unterminated(pairs: &[(&str, &str)]) -> Bytes {
+    let t = text(pairs);
+    t.slice(..t.len() - 1)
+}
+
+#[tokio::test]
+async fn login_with_an_unterminated_last_pair_is_an_initiator_error() {
+    let d = TestDaemon::start(None).await;
+    let mut w = Wire::connect(d.addr).await;
+    let data = unterminated(&[
+        ("InitiatorName", INITIATOR),
+        ("TargetName", TARGET),
+        ("AuthMethod", "None"),
+    ]);
+    assert_ne!(data.len() % 4, 0, "the PDU carries zero padding");
+    let pdu = Pdu::new(
+        Bhs::LoginRequest(LoginRequest {
+            flags: LoginFlags {
+                transit: true,
+                cont: false,
+                csg: 0,
+                nsg: 1,
+            },
+            version_max: 0,
+            version_min: 0,
+            isid: w.isid,
+            tsih: 0,
+            itt: Itt(1),
+            cid: 0,
+            cmd_sn: w.cmd_sn,
+            exp_stat_sn: w.exp_stat_sn,
+        }),
+        data,
+    );
+    w.send(&pdu).await;
+    let r = w.recv().await.expect("login response");
+    let Bhs::LoginResponse(lr) = &r.bhs else {
+        panic!("expected a Login Response, got {:?}", r.bhs)
+    };
+    assert_eq!((lr.status_class, lr.status_detail), (2, 0));
+    assert!(w.recv().await.is_none(), "connection closed");
+}
+
+fn text_request(w: &mut Wire, data: Bytes) -> Pdu {
+    let itt = w.next_itt();
+    Pdu::new(
+        Bhs::TextRequest(TextRequest {
+            immediate: true,
+            final_: true,
+            cont: false,
+            lun: 0,
+            itt,
+            ttt: Ttt::RESERVED,
+            cmd_sn: w.cmd_sn,
+            exp_stat_sn: w.exp_stat_sn,
+        }),
+        data,
+    )
+}
+
+#[tokio::test]
+async fn text_request_with_an_unterminated_last_pair_is_rejected() {
+    let d = TestDaemon::start(None).await;
+    let mut w = Wire::connect(d.addr).await;
+    w.login(TARGET, &[]).await;
+    // SendTargets= (the session's own target) and a vendor key.
+    let pairs = [("SendTargets", ""), ("X-io.locus.t", "1")];
+    let data = unterminated(&pairs);
+    assert_ne!(data.len() % 4, 0, "the PDU carries zero padding");
+    let req = text_request(&mut w, data);
+    w.send(&req).await;
+    let r = w.recv().await.expect("an answer");
+    assert_eq!(expect_reject(&r), RejectReason::PROTOCOL_ERROR);
+    assert_eq!(
+        r.data[0] & 0x3f,
+        0x04,
+        "the rejected Text Request is echoed"
+    );
+    // The same request with its NUL is answered, and an empty one too.
+    let req = text_request(&mut w, text(&pairs));
+    w.send(&req).await;
+    let r = w.recv().await.expect("text response");
+    assert!(matches!(r.bhs, Bhs::TextResponse(_)), "{:?}", r.bhs);
+    assert!(parse_text(&r.data).contains(&("TargetName".into(), TARGET.into())));
+    let req = text_request(&mut w, Bytes::new());
+    w.send(&req).await;
+    let r = w.recv().await.expect("text response");
+    assert!(matches!(r.bhs, Bhs::TextResponse(_)), "{:?}", r.bhs);
+    w.ping().await;
 }

@@ -23,7 +23,7 @@ pub enum TargetCmd {
     /// LUNs of a target.
     #[command(subcommand)]
     Lun(LunCmd),
-    /// Initiator ACL of a target.
+    /// Initiator ACL of a target (empty: every initiator may log in).
     #[command(subcommand)]
     Acl(AclCmd),
     /// CHAP of a target.
@@ -57,7 +57,8 @@ pub enum LunCmd {
 /// ACL commands.
 #[derive(Debug, Subcommand)]
 pub enum AclCmd {
-    /// Allow an initiator to log in.
+    /// Allow an initiator to log in; from the first entry on, only the
+    /// listed initiators may.
     Add {
         /// Target IQN.
         iqn: String,

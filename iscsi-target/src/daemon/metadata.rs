@@ -684,7 +684,8 @@ impl StoreSync {
 }
 
 /// The login view of a store target. An empty ACL allows every initiator,
-/// as an absent `acl` does in the config file.
+/// as an absent `acl` does in the config file (`blockmap::target::Target::acl`
+/// documents the same; `locus target --help` says it).
 fn auth_of(t: &Target) -> TargetAuthInfo {
     TargetAuthInfo {
         name: t.iqn.to_string(),
@@ -742,4 +743,24 @@ pub async fn start(
     sync.reload_all().await?;
     let task = tokio::spawn(sync.clone().run(shutdown));
     Ok((sync, task))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn iqn(s: &str) -> Iqn {
+        Iqn::new(s).expect("iqn")
+    }
+
+    #[test]
+    fn an_empty_acl_allows_every_initiator_a_listed_one_only_those() {
+        let mut t = Target::new(iqn("iqn.2026-11.io.locus:t"));
+        assert_eq!(auth_of(&t).acl, None, "no ACL: everyone may log in");
+        t.acl.insert(iqn("iqn.2026-11.io.locus.test:a"));
+        assert_eq!(
+            auth_of(&t).acl,
+            Some(vec!["iqn.2026-11.io.locus.test:a".to_owned()])
+        );
+    }
 }

@@ -27,7 +27,9 @@ use tokio::task::JoinSet;
 use crate::daemon::config::Config;
 use crate::daemon::targets::{TargetSet, TargetSetupError};
 use crate::login::TargetLimits;
-use crate::session::{serve_connection, ConnParams, ConnectionContext, SessionRegistry};
+use crate::session::{
+    serve_connection, AuthThrottle, ConnParams, ConnectionContext, SessionRegistry,
+};
 
 /// How long shutdown waits for sessions beyond their logout grace period.
 const DRAIN_MARGIN: Duration = Duration::from_secs(10);
@@ -240,6 +242,7 @@ pub async fn serve(
     let ctx = Arc::new(ConnectionContext {
         targets: targets.clone(),
         registry: Arc::new(SessionRegistry::default()),
+        auth_throttle: AuthThrottle::default(),
         limits: TargetLimits::default(),
         base,
         shutdown: shutdown.clone(),

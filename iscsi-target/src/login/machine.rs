@@ -103,6 +103,17 @@ pub struct LoginResult {
     pub params: SessionParams,
 }
 
+/// What one step decided about authentication (RFC 7143 §6.3.1), for the
+/// connection layer's failed-authentication throttle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthVerdict {
+    /// The CHAP exchange completed: the initiator proved the secret.
+    Passed,
+    /// Authentication failed (status 0x0201, RFC 7143 §11.13.5): a wrong
+    /// or malformed CHAP response, or a required CHAP not done.
+    Failed,
+}
+
 /// Why a login failed; each maps to a Login Response status.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LoginError {
@@ -201,6 +212,10 @@ pub struct LoginMachine {
     state: State,
     acc: TextAccumulator,
     pending_stage: Option<Stage>,
+    /// InitiatorName of the first PDU, kept past a failure.
+    initiator_name: Option<String>,
+    /// The authentication verdict of the last step, if it made one.
+    verdict: Option<AuthVerdict>,
 }
 
 impl std::fmt::Debug for LoginMachine {
@@ -230,7 +245,22 @@ impl LoginMachine {
             state: State::Start,
             acc,
             pending_stage: None,
+            initiator_name: None,
+            verdict: None,
         }
+    }
+
+    /// The InitiatorName the login declared (RFC 7143 §13.5), also after
+    /// it failed; `None` before a first PDU carrying a valid one.
+    pub fn initiator_name(&self) -> Option<&str> {
+        self.initiator_name.as_deref()
+    }
+
+    /// What the last [`LoginMachine::step`] decided about authentication:
+    /// `Some` only for the step that completed a CHAP exchange or failed
+    /// authentication.
+    pub fn auth_verdict(&self) -> Option<AuthVerdict> {
+        self.verdict
     }
 
     /// True once the login reached full-feature phase.
@@ -269,6 +299,7 @@ impl LoginMachine {
             .expected_stage()
             .or_else(|| Stage::from_bits(input.csg & 3).filter(|s| *s != Stage::FullFeature))
             .unwrap_or(Stage::Security);
+        self.verdict = None;
         match self.transition(input) {
             Ok(r) => LoginOutput {
                 transit: r.transit,
@@ -282,6 +313,9 @@ impl LoginMachine {
             },
             Err(e) => {
                 tracing::debug!(error = %e, "login failed");
+                if matches!(e, LoginError::Auth(_)) {
+                    self.verdict = Some(AuthVerdict::Failed);
+                }
                 self.state = State::Failed;
                 let s = e.status();
                 LoginOutput {
@@ -348,6 +382,7 @@ impl LoginMachine {
         let (mut ctx, auth) = match state {
             State::Start => {
                 let ctx = self.first_pdu(&pairs, csg)?;
+                self.initiator_name = Some(ctx.initiator_name.clone());
                 (ctx, Auth::Pending)
             }
             State::Security(ctx, auth) => (ctx, auth),
@@ -372,11 +407,15 @@ impl LoginMachine {
 
         let (auth, auth_ok) = if csg == Stage::Security {
             let had_sec = has_security_keys(&pairs);
+            let was_done = matches!(&auth, Auth::Chap(s) if s.is_done());
             let auth = security_keys(&ctx, auth, &pairs, &mut out)?;
             let ok = match &auth {
                 Auth::Pending | Auth::None => ctx.creds.is_none(),
                 Auth::Chap(s) => s.is_done(),
             };
+            if ok && !was_done && matches!(auth, Auth::Chap(_)) {
+                self.verdict = Some(AuthVerdict::Passed);
+            }
             if input.transit && !ok && (!had_sec || matches!(auth, Auth::Pending)) {
                 return Err(LoginError::Auth("security stage skipped".into()));
             }

@@ -22,7 +22,7 @@ pub mod text;
 
 pub use chap::{ChapAlgorithm, ChapCredentials};
 pub use discovery::{text_request, DiscoveredTarget, Portal, TextRequestContext};
-pub use machine::{LoginInput, LoginMachine, LoginOutput, LoginResult};
+pub use machine::{AuthVerdict, LoginInput, LoginMachine, LoginOutput, LoginResult};
 pub use negotiate::{Digest, DigestPolicy, SessionParams, SessionType, TargetLimits};
 pub use text::{encode_text, parse_text, TextAccumulator, TextError};
 

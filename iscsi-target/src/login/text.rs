@@ -4,7 +4,9 @@
 //! segment is a sequence of `key=value` strings, each terminated by one NUL
 //! byte. It knows nothing about what keys mean (that is `keys.rs` and
 //! `negotiate.rs`) nor about PDUs or sockets; the connection layer hands it
-//! the data segment bytes (padding may be left in, trailing NULs are skipped).
+//! the data segment as declared by DataSegmentLength (the 0-3 pad bytes are
+//! not part of it). Every pair, the last one included, must end with its
+//! NUL; extra NULs between pairs are skipped.
 //!
 //! Every function here is a fuzz target: input-derived data never panics.
 
@@ -31,6 +33,14 @@ const REPEATABLE_KEYS: &[&str] = &["TargetName", "TargetAddress"];
 /// full-feature phase.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TextError {
+    /// The data segment does not end with a NUL: its last `key=value` pair
+    /// is unterminated (RFC 7143 §6.1: "Every key=value pair, including the
+    /// last or only pair in a LTDS, MUST be followed by one null").
+    #[error("last text pair at byte {offset} has no terminating NUL")]
+    Unterminated {
+        /// Byte offset of the unterminated pair in the data segment.
+        offset: usize,
+    },
     /// A `key=value` string had no `=`.
     #[error("text pair without '=' at byte {offset}")]
     MissingEquals {
@@ -91,12 +101,18 @@ fn valid_key_byte(b: u8) -> bool {
 /// Parses a text data segment into `(key, value)` pairs, in order
 /// (RFC 7143 §6.1).
 ///
-/// Tolerates a missing final NUL and empty strings between NULs (padding).
-/// Rejects a pair without `=`, keys longer than 63 bytes or with characters
+/// `data` is the data segment as declared (no padding). An empty segment
+/// holds no pairs. Tolerates empty strings between NULs. Rejects a
+/// non-empty segment whose last byte is not NUL (an unterminated last
+/// pair, RFC 7143 §6.1), a pair without `=`, keys longer than 63 bytes or with characters
 /// outside the key alphabet, values longer than 8192 bytes, non-UTF-8 or
 /// control characters in values, and a key repeated in the same segment
 /// (except `TargetName`/`TargetAddress`, which SendTargets responses repeat).
 pub fn parse_text(data: &[u8]) -> Result<Vec<(String, String)>, TextError> {
+    if data.last().is_some_and(|&b| b != 0) {
+        let offset = data.iter().rposition(|&b| b == 0).map_or(0, |p| p + 1);
+        return Err(TextError::Unterminated { offset });
+    }
     let mut out: Vec<(String, String)> = Vec::new();
     let mut offset = 0usize;
     for item in data.split(|&b| b == 0) {
@@ -234,11 +250,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_pairs_with_and_without_final_nul() {
+    fn parses_terminated_pairs() {
         let a = parse_text(b"A=1\0B=two\0").unwrap();
-        let b = parse_text(b"A=1\0B=two").unwrap();
-        assert_eq!(a, b);
         assert_eq!(a[1], ("B".into(), "two".into()));
+    }
+
+    #[test]
+    fn rejects_an_unterminated_last_pair() {
+        assert_eq!(
+            parse_text(b"A=1\0B=two"),
+            Err(TextError::Unterminated { offset: 4 })
+        );
+        assert_eq!(
+            parse_text(b"A=1"),
+            Err(TextError::Unterminated { offset: 0 })
+        );
+        // Even a pair that would be malformed anyway: the missing NUL is
+        // found first.
+        assert_eq!(
+            parse_text(b"A=1\0\0junk"),
+            Err(TextError::Unterminated { offset: 5 })
+        );
+        // An empty segment holds no pairs and stays valid.
+        assert_eq!(parse_text(b""), Ok(Vec::new()));
     }
 
     #[test]
@@ -264,14 +298,14 @@ mod tests {
             parse_text(b"=x\0"),
             Err(TextError::EmptyKey { .. })
         ));
-        let long_key = format!("{}=1", "K".repeat(64));
+        let long_key = format!("{}=1\0", "K".repeat(64));
         assert!(matches!(
             parse_text(long_key.as_bytes()),
             Err(TextError::KeyTooLong { len: 64 })
         ));
-        let ok_key = format!("{}=1", "K".repeat(63));
+        let ok_key = format!("{}=1\0", "K".repeat(63));
         assert!(parse_text(ok_key.as_bytes()).is_ok());
-        let long_val = format!("K={}", "v".repeat(8193));
+        let long_val = format!("K={}\0", "v".repeat(8193));
         assert!(matches!(
             parse_text(long_val.as_bytes()),
             Err(TextError::ValueTooLong { len: 8193, .. })

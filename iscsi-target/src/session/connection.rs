@@ -19,9 +19,10 @@ use tokio::sync::{mpsc, watch};
 use super::ffp::FullFeature;
 use super::io::{read_pdu, writer_task, Chunk, Outbox};
 use super::registry::{SessionKey, SessionRegistry};
+use super::throttle::AuthThrottle;
 use super::{ConnParams, SessionControl, TextResponder};
 use crate::login::{
-    self, Digest, LoginInput, LoginMachine, LoginResult, SessionType, TargetDirectory,
+    self, AuthVerdict, Digest, LoginInput, LoginMachine, LoginResult, SessionType, TargetDirectory,
     TargetLimits, TextRequestContext,
 };
 use crate::pdu::{Bhs, Digests, FrameLimits, LoginFlags, LoginRequest, LoginResponse, Pdu, SeqNum};
@@ -42,6 +43,8 @@ pub struct ConnectionContext {
     pub targets: Arc<dyn TargetLookup>,
     /// Live sessions.
     pub registry: Arc<SessionRegistry>,
+    /// This daemon's failed-authentication throttle.
+    pub auth_throttle: AuthThrottle,
     /// Our negotiation limits.
     pub limits: TargetLimits,
     /// Non-negotiated per-connection settings (queue depth, keepalive).
@@ -85,7 +88,7 @@ pub async fn serve_connection(stream: TcpStream, peer: SocketAddr, ctx: Arc<Conn
     let writer = tokio::spawn(writer_task(writer, rx, ctx.base.nop_timeout));
     let mut buf = BytesMut::with_capacity(64 * 1024);
 
-    let login = match login_phase(&mut reader, &mut buf, &tx, &ctx).await {
+    let login = match login_phase(&mut reader, &mut buf, &tx, &ctx, peer).await {
         Ok(Some(l)) => l,
         Ok(None) => {
             drop(tx);
@@ -198,6 +201,7 @@ async fn login_phase(
     buf: &mut BytesMut,
     out: &Outbox,
     ctx: &ConnectionContext,
+    peer: SocketAddr,
 ) -> Result<Option<LoggedIn>, LoginPhaseError> {
     let mut machine = LoginMachine::new(ctx.directory(), ctx.limits.clone());
     let mut stat_sn: Option<SeqNum> = None;
@@ -266,6 +270,9 @@ async fn login_phase(
             text: data,
         });
         stat_sn = Some(sn.next());
+        if let Some(verdict) = machine.auth_verdict() {
+            throttle(ctx, &machine, peer, verdict).await;
+        }
         let flags = LoginFlags {
             transit: output.transit,
             cont: false,
@@ -316,6 +323,27 @@ async fn login_phase(
             registration,
         }));
     }
+}
+
+/// Holds back the answer to a CHAP verdict as long as the daemon's
+/// [`AuthThrottle`] says, sleeping in this connection's task; a throttled
+/// peer is logged at warn level.
+async fn throttle(
+    ctx: &ConnectionContext,
+    machine: &LoginMachine,
+    peer: SocketAddr,
+    verdict: AuthVerdict,
+) {
+    let initiator = machine.initiator_name();
+    let delay = ctx
+        .auth_throttle
+        .judge(initiator, peer.ip(), verdict, std::time::Instant::now());
+    if delay.is_zero() {
+        return;
+    }
+    tracing::warn!(%peer, initiator = initiator.unwrap_or("-"), ?verdict, ?delay,
+        "repeated authentication failures: answer delayed");
+    tokio::time::sleep(delay).await;
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -734,6 +734,11 @@ impl FullFeature {
             match self.text.respond(&data) {
                 Some(b) => b,
                 None => {
+                    // Malformed text (RFC 7143 §6.1), e.g. a last key=value
+                    // pair without its NUL. Reason 0x04 "Protocol Error", not
+                    // 0x09 "Invalid PDU field": every header field of the
+                    // request is valid; it is the data segment that breaks
+                    // the text format the protocol defines (§11.17.1).
                     self.reject(RejectReason::PROTOCOL_ERROR, header).await;
                     return;
                 }

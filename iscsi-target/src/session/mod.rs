@@ -1,6 +1,7 @@
 //! iSCSI sessions and connections: the login phase driver, the full-feature
 //! event loop, Data-Out collection, the CmdSN window, task management, and the
-//! registry that enforces session reinstatement (RFC 7143 §4.3, §6.3.5).
+//! registry that enforces session reinstatement (RFC 7143 §4.3, §6.3.5), and
+//! the throttle that slows repeated failed authentication.
 //!
 //! Locus negotiates MaxConnections=1, so a session has exactly one connection
 //! and this module treats the two as one. It owns the iSCSI transport; SCSI
@@ -10,6 +11,7 @@ mod connection;
 mod ffp;
 mod io;
 mod registry;
+mod throttle;
 mod tmf;
 mod window;
 mod write_task;
@@ -23,6 +25,7 @@ use tokio::sync::{watch, Notify};
 pub use connection::{serve_connection, ConnectionContext, TargetLookup};
 pub use ffp::Ending;
 pub use registry::{SessionKey, SessionRegistry};
+pub use throttle::{AuthThrottle, BackoffPolicy};
 pub use window::{Admission, CmdWindow};
 pub use write_task::{DataOutError, R2tRequest, WriteTask};
 
