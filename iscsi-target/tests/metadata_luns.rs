@@ -225,6 +225,7 @@ async fn scenario(admin: Arc<dyn MetadataStore>, daemon: Arc<dyn MetadataStore>)
     // Login, READ CAPACITY (16): 16 MiB of 4096-byte blocks.
     let mut w = Wire::connect(d.addr).await;
     w.login(IQN, &[]).await;
+    w.expect_power_on_ua().await;
     let mut rc16 = [0u8; 16];
     rc16[0] = 0x9e;
     rc16[1] = 0x10;
@@ -492,6 +493,7 @@ async fn redis_restart_resubscribes_and_reloads() {
     drop(admin);
     let mut w = Wire::connect(d.addr).await;
     w.login(IQN, &[]).await;
+    w.expect_power_on_ua().await;
     let (status, _) = command(&mut w, &rw10(0x28, 0, 1), 4096, true, Bytes::new()).await;
     assert_eq!(status, 0, "I/O does not depend on the store");
 

@@ -133,6 +133,7 @@ async fn read_beyond_end_of_lun_gets_lba_out_of_range() {
     let d = TestDaemon::start(None).await;
     let mut w = Wire::connect(d.addr).await;
     w.login(TARGET, &[]).await;
+    w.expect_power_on_ua().await;
     // 64 MiB LUN of 512-byte blocks: the last LBA is 131071.
     let mut cdb = [0u8; 10];
     cdb[0] = 0x28;

@@ -136,6 +136,7 @@ async fn solicited_write_then_read_back() {
         ],
     )
     .await;
+    w.expect_power_on_ua().await;
     let data = pattern(1 << 20, 3);
     assert_eq!(write_with_r2t(&mut w, 100, data.clone()).await, 0);
     let back = read(&mut w, 100, 1 << 20).await;
@@ -147,6 +148,7 @@ async fn immediate_and_unsolicited_write() {
     let d = TestDaemon::start(None).await;
     let mut w = Wire::connect(d.addr).await;
     w.login(TARGET, &[("FirstBurstLength", "65536")]).await;
+    w.expect_power_on_ua().await;
     let data = pattern(32 * 1024, 9);
     // 8 KiB immediate, the rest as unsolicited Data-Out (InitialR2T=No).
     let mut cmd = w.scsi_command(
@@ -240,10 +242,12 @@ async fn same_isid_reinstates_the_session() {
     let d = TestDaemon::start(None).await;
     let mut old = Wire::connect(d.addr).await;
     old.login(TARGET, &[]).await;
+    old.expect_power_on_ua().await;
     old.ping().await;
     let mut new = Wire::connect(d.addr).await;
     new.isid = old.isid;
     new.login(TARGET, &[]).await;
+    new.expect_power_on_ua().await;
     new.ping().await;
     assert!(old.recv().await.is_none(), "the old connection was closed");
 }
@@ -253,6 +257,7 @@ async fn abort_task_for_unknown_task_and_lun_reset() {
     let d = TestDaemon::start(None).await;
     let mut w = Wire::connect(d.addr).await;
     w.login(TARGET, &[]).await;
+    w.expect_power_on_ua().await;
     let tmf = |w: &mut Wire, function: TmfFunction, ref_itt: u32| {
         let itt = w.next_itt();
         Pdu::new(
@@ -290,6 +295,7 @@ async fn logout_closes_the_session_cleanly() {
     let d = TestDaemon::start(None).await;
     let mut w = Wire::connect(d.addr).await;
     w.login(TARGET, &[]).await;
+    w.expect_power_on_ua().await;
     let itt = w.next_itt();
     let p = Pdu::new(
         Bhs::LogoutRequest(LogoutRequest {
@@ -318,6 +324,7 @@ async fn shutdown_asks_initiators_to_log_out() {
     let d = TestDaemon::start(None).await;
     let mut w = Wire::connect(d.addr).await;
     w.login(TARGET, &[]).await;
+    w.expect_power_on_ua().await;
     w.ping().await;
     let stopper = tokio::spawn(d.stop());
     let p = w.recv().await.expect("async message");
@@ -352,6 +359,7 @@ async fn keepalive_drops_an_initiator_that_stops_answering() {
     let d = TestDaemon::start(Some("nop_interval_secs = 1\nnop_timeout_secs = 1\n")).await;
     let mut w = Wire::connect(d.addr).await;
     w.login(TARGET, &[]).await;
+    w.expect_power_on_ua().await;
     // Idle: the target pings with a NOP-In that asks for an answer.
     let p = w.recv().await.expect("NOP-In ping");
     match &p.bhs {
@@ -370,6 +378,7 @@ async fn keepalive_keeps_an_initiator_that_answers() {
     let d = TestDaemon::start(Some("nop_interval_secs = 1\nnop_timeout_secs = 1\n")).await;
     let mut w = Wire::connect(d.addr).await;
     w.login(TARGET, &[]).await;
+    w.expect_power_on_ua().await;
     for _ in 0..2 {
         let p = w.recv().await.expect("NOP-In ping");
         let Bhs::NopIn(n) = &p.bhs else {
@@ -407,6 +416,7 @@ async fn read_data_is_exact_with_and_without_data_digest() {
     let data = pattern(3 << 20, 41);
     let mut w = Wire::connect(d.addr).await;
     w.login(TARGET, &[("MaxBurstLength", "1048576")]).await;
+    w.expect_power_on_ua().await;
     for (i, chunk) in data.chunks(1 << 20).enumerate() {
         let lba = 1000 + (i as u32) * 2048;
         assert_eq!(
@@ -417,6 +427,7 @@ async fn read_data_is_exact_with_and_without_data_digest() {
     for digest in ["None", "CRC32C"] {
         let mut r = Wire::connect(d.addr).await;
         r.login(TARGET, &[("DataDigest", digest)]).await;
+        r.expect_power_on_ua().await;
         // 3 MiB in 256 KiB PDUs over three 1 MiB bursts, then odd pieces.
         let mut whole = BytesMut::new();
         for i in 0..3u32 {
@@ -473,6 +484,7 @@ async fn a_peer_that_stops_reading_is_dropped_and_releases_its_reads() {
     let d = TestDaemon::start(Some("nop_interval_secs = 1\nnop_timeout_secs = 1\n")).await;
     let mut b = Wire::connect(d.addr).await;
     b.login(TARGET, &[]).await;
+    b.expect_power_on_ua().await;
     let data = pattern(1 << 20, 5);
     assert_eq!(write_with_r2t(&mut b, 0, data.clone()).await, 0);
 
@@ -480,6 +492,7 @@ async fn a_peer_that_stops_reading_is_dropped_and_releases_its_reads() {
     // buffers hold, so the target's writer stalls with ranges queued.
     let mut a = Wire::connect(d.addr).await;
     a.login(TARGET, &[]).await;
+    a.expect_power_on_ua().await;
     for _ in 0..32 {
         let cmd = a.scsi_command(&read10(0, 2048), 1 << 20, true, false, Bytes::new());
         a.send(&cmd).await;
@@ -507,4 +520,31 @@ async fn a_peer_that_stops_reading_is_dropped_and_releases_its_reads() {
 
     // The target closed A: what it had buffered drains, then EOF.
     while a.recv().await.is_some() {}
+}
+
+/// SPC-4 5.14: every new I_T nexus starts with POWER ON, RESET, OR BUS
+/// DEVICE RESET OCCURRED, reported once, on the first command that is not
+/// INQUIRY, REPORT LUNS or REQUEST SENSE; another session's UA is its own.
+#[tokio::test]
+async fn each_new_session_reports_power_on_once() {
+    let d = TestDaemon::start(None).await;
+    let mut a = Wire::connect(d.addr).await;
+    a.login(TARGET, &[]).await;
+    let inquiry = a.scsi_command(&[0x12, 0, 0, 0, 36, 0], 36, true, false, Bytes::new());
+    a.send(&inquiry).await;
+    let r = a.recv().await.expect("INQUIRY data");
+    assert_eq!(scsi_status(&r).0, 0, "INQUIRY is not held up by the UA");
+    a.expect_power_on_ua().await;
+
+    let mut b = Wire::connect(d.addr).await;
+    b.isid[5] ^= 0x55;
+    b.login(TARGET, &[]).await;
+    b.expect_power_on_ua().await;
+    assert_eq!(a.test_unit_ready().await, (0, None), "b's UA is not a's");
+
+    // A reinstated session is a new I_T nexus too.
+    let mut c = Wire::connect(d.addr).await;
+    c.isid = b.isid;
+    c.login(TARGET, &[]).await;
+    c.expect_power_on_ua().await;
 }

@@ -133,6 +133,14 @@ pub(crate) struct LuState {
 }
 
 impl LuState {
+    /// Remember a nexus (and its port) that reset and reservation UAs reach.
+    fn note_nexus(&mut self, n: &Nexus) {
+        if self.known.insert(n.id) {
+            let port = (n.initiator_port.clone(), n.relative_port);
+            self.port_of.insert(n.id, port);
+        }
+    }
+
     /// Queue a UA for every known nexus except `except`.
     pub fn ua_others(&mut self, except: Option<u64>, ua: (u8, u8)) {
         let ids: Vec<u64> = self
@@ -400,6 +408,13 @@ impl LogicalUnit {
         st.ua_others(by, ua);
     }
 
+    /// A new I_T nexus: known from now on, with a POWER ON UA pending.
+    pub(crate) fn nexus_created(&self, nexus: &Nexus) {
+        let mut st = self.lock();
+        st.note_nexus(nexus);
+        st.push_ua(nexus.id, sense::UA_POWER_ON_RESET);
+    }
+
     /// The I_T nexus is gone: drop its RESERVE(6)/(10) reservation and UAs.
     pub(crate) fn nexus_lost(&self, nexus: u64) {
         let mut st = self.lock();
@@ -432,11 +447,7 @@ impl LogicalUnit {
         let op = ctx.info.opcode;
         {
             let mut st = self.lock();
-            if !st.known.contains(&ctx.nexus.id) {
-                st.known.insert(ctx.nexus.id);
-                let port = (ctx.nexus.initiator_port.clone(), ctx.nexus.relative_port);
-                st.port_of.insert(ctx.nexus.id, port);
-            }
+            st.note_nexus(ctx.nexus);
             if op == REQUEST_SENSE {
                 let s = st.pop_ua(ctx.nexus.id).unwrap_or(sense::NO_SENSE);
                 return Ok(Payload::Mem(request_sense_data(ctx.cdb(), s)));

@@ -171,6 +171,18 @@ impl ScsiTarget {
         Ok(truncate(out.into(), alloc))
     }
 
+    /// A new I_T nexus exists (an iSCSI session logged in): each LU
+    /// establishes POWER ON, RESET, OR BUS DEVICE RESET OCCURRED (29/00)
+    /// for it (SPC-4 5.14, SAM-5 6.3.1), reported on its first command other
+    /// than INQUIRY, REPORT LUNS and REQUEST SENSE. The LU also knows the
+    /// nexus from now on, so later reset and reservation UAs reach it even
+    /// before it addresses the LU.
+    pub fn nexus_created(&self, nexus: &Nexus) {
+        for lu in self.all() {
+            lu.nexus_created(nexus);
+        }
+    }
+
     /// The session is gone: release RESERVE(6)/(10) reservations it held.
     /// Persistent reservations and registrations stay (SPC-4 5.13.1).
     pub fn nexus_lost(&self, nexus_id: u64) {

@@ -131,6 +131,9 @@ pub async fn serve_connection(stream: TcpStream, peer: SocketAddr, ctx: Arc<Conn
         &result.initiator_name,
         result.isid,
     ));
+    if let Some(t) = &scsi {
+        t.nexus_created(&nexus);
+    }
     let text = Arc::new(Text {
         dir: ctx.directory(),
         session_type: result.session_type,

@@ -321,6 +321,30 @@ impl Wire {
         )
     }
 
+    /// Sends TEST UNIT READY on LUN 0 and returns its status and sense.
+    pub async fn test_unit_ready(&mut self) -> (u8, Option<(u8, u8, u8)>) {
+        let tur = self.scsi_command(&[0u8; 6], 0, false, false, Bytes::new());
+        self.send(&tur).await;
+        loop {
+            let r = self.recv().await.expect("TEST UNIT READY response");
+            if matches!(r.bhs, Bhs::ScsiResponse(_)) {
+                return scsi_status(&r);
+            }
+        }
+    }
+
+    /// What an initiator does after login: the first command to LUN 0
+    /// reports the new I_T nexus's POWER ON, RESET, OR BUS DEVICE RESET
+    /// OCCURRED unit attention (SPC-4 5.14), once; the next one is GOOD.
+    pub async fn expect_power_on_ua(&mut self) {
+        assert_eq!(
+            self.test_unit_ready().await,
+            (2, Some((6, 0x29, 0x00))),
+            "a new I_T nexus starts with the POWER ON unit attention"
+        );
+        assert_eq!(self.test_unit_ready().await, (0, None), "reported once");
+    }
+
     /// Sends a ping and waits for its NOP-In: proves the session still works.
     pub async fn ping(&mut self) {
         let nop = self.nop_out(Bytes::from_static(b"ping"));
