@@ -265,3 +265,304 @@ async fn reserve6_release6_and_nexus_loss() {
     );
     conflict(&exec(&t, &b, &[0x16, 0, 0, 0, 0, 0], 0, &[]).await);
 }
+
+const PREEMPT_AND_ABORT: u8 = 5;
+const REGISTER_AND_MOVE: u8 = 7;
+
+/// A memory backend whose writes wait until the test releases them, and
+/// report when one has arrived: a write "in flight" without sleeps.
+struct GatedWrites {
+    inner: MemoryBackend,
+    arrived: tokio::sync::mpsc::UnboundedSender<()>,
+    gate: tokio::sync::Semaphore,
+}
+
+#[async_trait::async_trait]
+impl drbd_like_sync::storage::BlockBackend for GatedWrites {
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+    fn engine_name(&self) -> &'static str {
+        "gated"
+    }
+    async fn read(
+        &self,
+        offset: u64,
+        len: usize,
+    ) -> Result<bytes::Bytes, drbd_like_sync::storage::StorageError> {
+        self.inner.read(offset, len).await
+    }
+    async fn write(
+        &self,
+        offset: u64,
+        data: bytes::Bytes,
+        fua: bool,
+    ) -> Result<(), drbd_like_sync::storage::StorageError> {
+        let _ = self.arrived.send(());
+        self.gate.acquire().await.expect("gate open").forget();
+        self.inner.write(offset, data, fua).await
+    }
+    async fn flush(&self) -> Result<(), drbd_like_sync::storage::StorageError> {
+        self.inner.flush().await
+    }
+    async fn discard(&self, o: u64, l: u64) -> Result<(), drbd_like_sync::storage::StorageError> {
+        self.inner.discard(o, l).await
+    }
+    async fn write_zeroes(
+        &self,
+        o: u64,
+        l: u64,
+        unmap: bool,
+    ) -> Result<(), drbd_like_sync::storage::StorageError> {
+        self.inner.write_zeroes(o, l, unmap).await
+    }
+    async fn allocation(
+        &self,
+        o: u64,
+    ) -> Result<(bool, u64), drbd_like_sync::storage::StorageError> {
+        self.inner.allocation(o).await
+    }
+}
+
+/// a holds a Registrants Only reservation, b (registered) has a write in
+/// flight, and a preempts b's key with `service_action`. Returns the status
+/// b's write ends with, and what b's next command gets.
+async fn preempt_during_a_write(service_action: u8) -> (u8, iscsi_target::scsi::ScsiResponse) {
+    let (arrived, mut arrivals) = tokio::sync::mpsc::unbounded_channel();
+    let backend = Arc::new(GatedWrites {
+        inner: MemoryBackend::new(BLOCKS * 512),
+        arrived,
+        gate: tokio::sync::Semaphore::new(0),
+    });
+    let t = Arc::new(ScsiTarget::new("iqn.2024-01.test:target"));
+    let lu = LogicalUnit::new(LunConfig::new("SERPA01"), backend.clone()).unwrap();
+    t.add_lun(0, Arc::new(lu));
+    let (a, b) = (nexus(1), nexus(2));
+    good(&prout(&t, &a, REGISTER, 0, 0, 0xa).await);
+    good(&prout(&t, &b, REGISTER, 0, 0, 0xb).await);
+    good(&prout(&t, &a, RESERVE, WE_RO, 0xa, 0).await);
+    let writer = {
+        let (t, b) = (t.clone(), b.clone());
+        tokio::spawn(async move { exec(&t, &b, &write10(8, 1, false), 512, &[7; 512]).await })
+    };
+    arrivals
+        .recv()
+        .await
+        .expect("b's write reached the backend");
+    good(&prout(&t, &a, service_action, WE_RO, 0xa, 0xb).await);
+    backend.gate.add_permits(1);
+    let status = writer.await.expect("writer task").status.0;
+    backend.gate.add_permits(16);
+    let next = exec(&t, &b, &write10(8, 1, false), 512, &[8; 512]).await;
+    (status, next)
+}
+
+/// SPC-4 5.13.11.2.4: PREEMPT AND ABORT also aborts the preempted nexus's
+/// tasks; with TAS=1 (Control mode page) they end with TASK ABORTED. A plain
+/// PREEMPT leaves them alone. Either way b then learns it was preempted.
+#[tokio::test]
+async fn preempt_and_abort_aborts_the_preempted_nexus_tasks() {
+    let (status, next) = preempt_during_a_write(PREEMPT).await;
+    assert_eq!(status, 0x00, "PREEMPT does not abort b's write");
+    check(&next, 6, 0x2a, 0x05);
+
+    let (status, next) = preempt_during_a_write(PREEMPT_AND_ABORT).await;
+    assert_eq!(
+        status, 0x40,
+        "PREEMPT AND ABORT ends b's write with TASK ABORTED"
+    );
+    check(&next, 6, 0x2a, 0x05);
+
+    // TAS is reported in the Control mode page (SPC-4 7.5.8).
+    let t = target();
+    let r = exec(&t, &nexus(1), &[0x1a, 0x08, 0x0a, 0, 255, 0], 255, &[]).await;
+    good(&r);
+    assert_eq!(r.data_in[4], 0x0a, "the Control page follows the header");
+    assert_eq!(r.data_in[4 + 5] & 0x40, 0x40, "TAS set");
+}
+
+/// An iSCSI TransportID, format 01b (SPC-4 7.6.4.6), of `nexus(id)`'s port.
+fn transport_id(id: u64) -> Vec<u8> {
+    let port = nexus(id).initiator_port;
+    let len = (port.len() + 1).div_ceil(4) * 4;
+    let mut tid = vec![0x45, 0];
+    tid.extend_from_slice(&(len as u16).to_be_bytes());
+    tid.extend_from_slice(port.as_bytes());
+    tid.resize(4 + len, 0);
+    tid
+}
+
+fn move_params(key: u64, sa_key: u64, unreg: bool, rel_port: u16, tid: &[u8]) -> Vec<u8> {
+    let mut p = vec![0u8; 24];
+    p[0..8].copy_from_slice(&key.to_be_bytes());
+    p[8..16].copy_from_slice(&sa_key.to_be_bytes());
+    p[17] = if unreg { 0x02 } else { 0 };
+    p[18..20].copy_from_slice(&rel_port.to_be_bytes());
+    p[20..24].copy_from_slice(&(tid.len() as u32).to_be_bytes());
+    p.extend_from_slice(tid);
+    p
+}
+
+async fn register_and_move(
+    t: &ScsiTarget,
+    n: &scsi_util_nexus::N,
+    params: &[u8],
+) -> iscsi_target::scsi::ScsiResponse {
+    let mut cdb = [0x5f, REGISTER_AND_MOVE, 0, 0, 0, 0, 0, 0, 0, 0];
+    cdb[5..9].copy_from_slice(&(params.len() as u32).to_be_bytes());
+    exec(t, n, &cdb, params.len() as u32, params).await
+}
+
+/// SPC-4 5.13.8: the holder moves its reservation to another I_T nexus,
+/// which is registered with the service action key if it was not.
+#[tokio::test]
+async fn register_and_move_hands_the_reservation_over() {
+    let t = target();
+    let (a, b, c) = (nexus(1), nexus(2), nexus(3));
+    good(&prout(&t, &a, REGISTER, 0, 0, 0xa).await);
+    good(&prout(&t, &c, REGISTER, 0, 0, 0xc).await);
+    // No reservation yet: nothing to move.
+    conflict(&register_and_move(&t, &a, &move_params(0xa, 0xb, false, 1, &transport_id(2))).await);
+    good(&prout(&t, &a, RESERVE, EA, 0xa, 0).await);
+    conflict(&exec(&t, &b, &read10(0, 1), 512, &[]).await);
+    // Only the holder may move it, with its own key.
+    conflict(&register_and_move(&t, &c, &move_params(0xc, 0xb, false, 1, &transport_id(2))).await);
+    conflict(
+        &register_and_move(&t, &a, &move_params(0xbad, 0xb, false, 1, &transport_id(2))).await,
+    );
+    // Bad destinations and keys.
+    check(
+        &register_and_move(&t, &a, &move_params(0xa, 0, false, 1, &transport_id(2))).await,
+        5,
+        0x26,
+        0x00,
+    );
+    check(
+        &register_and_move(&t, &a, &move_params(0xa, 0xb, false, 1, &transport_id(1))).await,
+        5,
+        0x26,
+        0x00,
+    );
+    check(
+        &register_and_move(&t, &a, &move_params(0xa, 0xb, false, 9, &transport_id(2))).await,
+        5,
+        0x26,
+        0x00,
+    );
+    let mut short = move_params(0xa, 0xb, false, 1, &transport_id(2));
+    short.truncate(30);
+    let mut cdb = [0x5f, REGISTER_AND_MOVE, 0, 0, 0, 0, 0, 0, 0, 0];
+    cdb[5..9].copy_from_slice(&30u32.to_be_bytes());
+    check(&exec(&t, &a, &cdb, 30, &short).await, 5, 0x1a, 0x00);
+
+    let (gen, _) = read_keys(&t, &a).await;
+    good(&register_and_move(&t, &a, &move_params(0xa, 0xb, false, 1, &transport_id(2))).await);
+    // b holds it now, registered with key 0xb; a stays registered.
+    assert_eq!(read_reservation(&t, &a).await, Some((0xb, EA)));
+    let (gen2, mut keys) = read_keys(&t, &a).await;
+    keys.sort();
+    assert_eq!(keys, vec![0xa, 0xb, 0xc]);
+    assert!(gen2 > gen, "the generation advances");
+    good(&exec(&t, &b, &read10(0, 1), 512, &[]).await);
+    conflict(&exec(&t, &a, &read10(0, 1), 512, &[]).await);
+
+    // b moves it on to c (already registered, keeps its key) and unregisters.
+    good(&register_and_move(&t, &b, &move_params(0xb, 0xbb, true, 1, &transport_id(3))).await);
+    assert_eq!(read_reservation(&t, &c).await, Some((0xc, EA)));
+    let (_, mut keys) = read_keys(&t, &c).await;
+    keys.sort();
+    assert_eq!(keys, vec![0xa, 0xc]);
+    conflict(&exec(&t, &b, &read10(0, 1), 512, &[]).await);
+
+    // An all-registrants reservation has no holder to move.
+    good(&prout(&t, &c, RELEASE, EA, 0xc, 0).await);
+    good(&prout(&t, &c, RESERVE, EA_AR, 0xc, 0).await);
+    conflict(&register_and_move(&t, &c, &move_params(0xc, 0xb, false, 1, &transport_id(2))).await);
+}
+
+/// A PERSISTENT RESERVE OUT whose save is stuck must not stall the other
+/// commands of the LU, and a save that fails changes nothing. The save's
+/// temp file is made a FIFO: opening it for writing blocks until the test
+/// opens the other end, and fsync on a pipe then fails (EINVAL).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stuck_reservation_save_stalls_no_other_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("lun0.pr");
+    let fifo = path.with_extension("tmp");
+    let c_fifo = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path; mkfifo has no other effect.
+    assert_eq!(unsafe { libc::mkfifo(c_fifo.as_ptr(), 0o600) }, 0);
+    let mut cfg = LunConfig::new("STUCKPR");
+    cfg.pr_path = Some(path.clone());
+    let t = Arc::new(ScsiTarget::new("t"));
+    let backend = Arc::new(MemoryBackend::new(BLOCKS * 512));
+    t.add_lun(0, Arc::new(LogicalUnit::new(cfg, backend).unwrap()));
+    let (a, b) = (nexus(1), nexus(2));
+
+    let register = {
+        let (t, a) = (t.clone(), a.clone());
+        tokio::spawn(async move { prout(&t, &a, REGISTER, 0, 0, 0xa).await })
+    };
+    // Wait until the save is stuck opening the FIFO: one of our threads is
+    // parked in the kernel waiting for the pipe's reader.
+    let stuck = async {
+        while !a_thread_waits_for_a_fifo_reader() {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(20), stuck)
+        .await
+        .expect("the REGISTER's save reached the FIFO");
+    // While a's REGISTER waits on its save, b's commands run, and see the
+    // state before it. The timeout is a bound, not a synchronisation.
+    let others = {
+        let (t, b) = (t.clone(), b.clone());
+        tokio::spawn(async move {
+            good(&exec(&t, &b, &write10(0, 1, false), 512, &[1; 512]).await);
+            good(&exec(&t, &b, &read10(0, 1), 512, &[]).await);
+            read_keys(&t, &b).await
+        })
+    };
+    let Ok(others) = tokio::time::timeout(std::time::Duration::from_secs(20), others).await else {
+        // Unstick the save so that the runtime can shut down, then fail.
+        let _ = std::fs::read(&fifo);
+        panic!("other commands of the LU stalled behind a reservation save");
+    };
+    let (_, keys) = others.unwrap();
+    assert!(
+        keys.is_empty(),
+        "the registration is not visible before it is saved"
+    );
+    assert!(!register.is_finished(), "the REGISTER is still saving");
+
+    // Let the save go on: it writes into the pipe, then fsync fails.
+    let drain = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || std::fs::read(&fifo).map(|b| b.len()))
+    };
+    let r = register.await.unwrap();
+    check(&r, 5, 0x55, 0x04);
+    assert!(
+        drain.join().unwrap().unwrap() > 0,
+        "the save wrote its JSON"
+    );
+    let (_, keys) = read_keys(&t, &b).await;
+    assert!(keys.is_empty(), "a failed save changes nothing");
+
+    // With a normal temp file the same REGISTER succeeds and persists.
+    std::fs::remove_file(&fifo).unwrap();
+    good(&prout(&t, &a, REGISTER, 0, 0, 0xa).await);
+    assert_eq!(read_keys(&t, &b).await.1, vec![0xa]);
+    assert!(std::fs::read_to_string(&path)
+        .unwrap()
+        .contains("\"key\": 10"));
+}
+
+/// Whether a thread of this process is blocked opening a FIFO that has no
+/// reader yet (the kernel's `wait_for_partner`, in /proc/self/task/*/wchan).
+fn a_thread_waits_for_a_fifo_reader() -> bool {
+    std::fs::read_dir("/proc/self/task")
+        .expect("procfs")
+        .filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("wchan")).ok())
+        .any(|w| w.trim() == "wait_for_partner")
+}

@@ -6,7 +6,7 @@ use drbd_like_sync::core::ByteRange;
 use drbd_like_sync::mirror::range_lock::{RangeGuard, RangeLock};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
@@ -127,6 +127,10 @@ pub(crate) struct LuState {
     pub legacy: Option<u64>,
     /// Persistent reservations.
     pub pr: PrState,
+    /// Per nexus, the `abort_gen` of the last PREEMPT AND ABORT that
+    /// aborted its tasks: a command of that nexus that started before it
+    /// ends with TASK ABORTED.
+    pub aborted_at: HashMap<u64, u64>,
     /// Held EXTENDED COPY results per (nexus, list identifier):
     /// (segments processed, bytes copied) (SPC-4 6.18.3).
     pub copies: HashMap<(u64, u8), (u16, u64)>,
@@ -189,6 +193,8 @@ pub(crate) enum Fail {
     Check(Sense),
     /// RESERVATION CONFLICT (no sense data).
     Conflict,
+    /// TASK ABORTED: another nexus's PREEMPT AND ABORT aborted the command.
+    Aborted,
 }
 
 impl From<Sense> for Fail {
@@ -315,6 +321,13 @@ pub struct LogicalUnit {
     io_lock: RangeLock,
     /// Zero-copy READ data (see [`ZeroCopy`]).
     pub(crate) zero_copy: ZeroCopy,
+    /// Taken by each PERSISTENT RESERVE OUT for its whole run, so that
+    /// reservation changes persist and apply in order without holding
+    /// `state` across the file write.
+    pub(crate) pr_turn: tokio::sync::Mutex<()>,
+    /// Bumped by each PREEMPT AND ABORT that aborts tasks; a command that
+    /// sees it unchanged at its end was not aborted (see `aborted_at`).
+    abort_gen: AtomicU64,
 }
 
 impl std::fmt::Debug for LogicalUnit {
@@ -357,6 +370,8 @@ impl LogicalUnit {
             }),
             io_lock: RangeLock::default(),
             zero_copy: ZeroCopy::default(),
+            pr_turn: tokio::sync::Mutex::new(()),
+            abort_gen: AtomicU64::new(0),
             cfg,
         })
     }
@@ -425,6 +440,7 @@ impl LogicalUnit {
         st.port_of.remove(&nexus);
         st.copies.retain(|(n, _), _| *n != nexus);
         st.ua.remove(&nexus);
+        st.aborted_at.remove(&nexus);
     }
 
     /// `len` bytes at byte `offset` held exclusively, for a command whose
@@ -442,8 +458,49 @@ impl LogicalUnit {
         self.io_lock.lock_shared(ByteRange::new(offset, len)).await
     }
 
-    /// Execute an LU-level command: UA, reservation checks, then the handler.
+    /// Makes a persisted PERSISTENT RESERVE OUT visible: the new state, its
+    /// unit attentions, and the tasks of the `aborted` ports, which end with
+    /// TASK ABORTED (SPC-4 5.13.11.2.4; TAS is set in the Control mode page,
+    /// SPC-4 7.5.8, so the initiator is told rather than left waiting).
+    pub(crate) fn apply_pr(
+        &self,
+        pr: PrState,
+        uas: super::pr::PortUas,
+        aborted: &[(String, u16)],
+    ) {
+        let mut st = self.lock();
+        st.pr = pr;
+        for (ports, ua) in uas {
+            super::pr::push_ua_to(&mut st, &ports, ua);
+        }
+        let victims = super::pr::nexuses_of(&st, aborted);
+        if !victims.is_empty() {
+            let gen = self.abort_gen.fetch_add(1, Ordering::AcqRel) + 1;
+            for id in victims {
+                st.aborted_at.insert(id, gen);
+            }
+        }
+    }
+
+    /// Execute an LU-level command: UA, reservation checks, the handler,
+    /// then TASK ABORTED if a PREEMPT AND ABORT from another nexus aborted
+    /// it while it ran (its I/O may have happened, as SAM-5 5.6 allows).
     pub(crate) async fn execute(&self, ctx: &Ctx<'_>) -> Result<Payload, Fail> {
+        let gen = self.abort_gen.load(Ordering::Acquire);
+        let result = self.execute_checked(ctx).await;
+        if self.abort_gen.load(Ordering::Acquire) != gen
+            && self
+                .lock()
+                .aborted_at
+                .get(&ctx.nexus.id)
+                .is_some_and(|&at| at > gen)
+        {
+            return Err(Fail::Aborted);
+        }
+        result
+    }
+
+    async fn execute_checked(&self, ctx: &Ctx<'_>) -> Result<Payload, Fail> {
         let op = ctx.info.opcode;
         {
             let mut st = self.lock();
@@ -489,7 +546,7 @@ impl LogicalUnit {
             }
             RESERVE_6 | RESERVE_10 | RELEASE_6 | RELEASE_10 => pr::legacy(self, ctx),
             PERSISTENT_RESERVE_IN => pr::pr_in(self, ctx),
-            PERSISTENT_RESERVE_OUT => pr::pr_out(self, ctx),
+            PERSISTENT_RESERVE_OUT => pr::pr_out(self, ctx).await,
             START_STOP_UNIT => rw::start_stop(self, ctx).await,
             SYNCHRONIZE_CACHE_10 | SYNCHRONIZE_CACHE_16 => rw::synchronize_cache(self, ctx).await,
             PRE_FETCH_10 | PRE_FETCH_16 => rw::pre_fetch(self, ctx),

@@ -45,6 +45,7 @@ fn page(lu: &LogicalUnit, code: u8, pc: Pc) -> Vec<u8> {
             p[1] = 10;
             if pc != Pc::Changeable {
                 p[3] = 0x10; // QUEUE ALGORITHM MODIFIER 1: unrestricted reordering
+                p[5] = 0x40; // TAS: tasks aborted by another nexus end with TASK ABORTED
                 p[8] = 0xff; // BUSY TIMEOUT PERIOD: unlimited
                 p[9] = 0xff;
             }

@@ -286,6 +286,7 @@ fn failed(req: &ScsiRequest, f: Fail, spdtl: u64) -> ScsiResponse {
     let (status, sense) = match f {
         Fail::Check(s) => (ScsiStatus::CHECK_CONDITION, Some(s.to_bytes())),
         Fail::Conflict => (ScsiStatus::RESERVATION_CONFLICT, None),
+        Fail::Aborted => (ScsiStatus::TASK_ABORTED, None),
     };
     ScsiResponse {
         status,
