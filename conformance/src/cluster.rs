@@ -31,8 +31,8 @@
 
 use crate::proc;
 use crate::target::{
-    check_locusd, free_ports, Process, Setup, LOGICAL_BLOCK_SIZE, LUN_BYTES, MIRRORED_IQN,
-    READY_TIMEOUT,
+    check_locusd, free_ports, locusd_config, Process, Setup, LOGICAL_BLOCK_SIZE, LUN_BYTES,
+    MIRRORED_IQN, READY_TIMEOUT,
 };
 use anyhow::{bail, Context, Result};
 use std::fs::File;
@@ -63,14 +63,15 @@ pub struct Cluster {
 }
 
 /// Starts a cluster of `copies` nodes in `dir`, pushing its processes onto
-/// `procs` in stop order (n1, ..., nN, redis-server). Returns n1's portal.
+/// `procs` in stop order (n1, ..., nN, redis-server). Returns n1's two
+/// portals (both serve the LUN).
 pub(crate) fn start(
     locusd: &Path,
     copies: usize,
     setup: &Setup,
     dir: &Path,
     procs: &mut Vec<Process>,
-) -> Result<(SocketAddr, Cluster)> {
+) -> Result<([SocketAddr; 2], Cluster)> {
     check_locusd(locusd)?;
     let locus = locusd.with_file_name("locus");
     if !locus.is_file() {
@@ -84,11 +85,18 @@ pub(crate) fn start(
         bail!("a mirrored LUN needs 2 to {MAX_COPIES} copies, not {copies}");
     }
     let deadline = Instant::now() + READY_TIMEOUT;
-    let ports = free_ports(1 + 2 * copies)?;
+    let ports = free_ports(2 + 2 * copies)?;
     let loopback = |port: u16| SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     let redis = loopback(ports[0]);
     let portals: Vec<SocketAddr> = ports[1..=copies].iter().map(|&p| loopback(p)).collect();
-    let replication: Vec<SocketAddr> = ports[copies + 1..].iter().map(|&p| loopback(p)).collect();
+    let replication: Vec<SocketAddr> = ports[copies + 1..=2 * copies]
+        .iter()
+        .map(|&p| loopback(p))
+        .collect();
+    // n1's second portal, for libiscsi's multipath tests.
+    let portal2 = loopback(ports[2 * copies + 1]);
+    let config = dir.join("locusd.toml");
+    std::fs::write(&config, locusd_config(setup.chap.as_ref()))?;
 
     let redis_dir = dir.join("redis");
     std::fs::create_dir(&redis_dir)?;
@@ -139,7 +147,12 @@ pub(crate) fn start(
             .arg("--cluster-secret-file")
             .arg(&secret)
             .arg("--listen")
-            .arg(portals[i].to_string());
+            .arg(portals[i].to_string())
+            .arg("--config")
+            .arg(&config);
+        if i == 0 {
+            cmd.arg("--listen").arg(portal2.to_string());
+        }
         let log = dir.join(format!("{n}.log"));
         // Before redis-server, which stops last.
         procs.insert(
@@ -196,7 +209,7 @@ pub(crate) fn start(
     cluster
         .check_in_sync()
         .context("right after n1 started serving the LUN")?;
-    Ok((portals[0], cluster))
+    Ok(([portals[0], portal2], cluster))
 }
 
 /// Polls `iscsi-inq` until LUN 0 answers INQUIRY, a process exits, or the

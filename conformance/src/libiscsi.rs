@@ -1,5 +1,9 @@
-//! The libiscsi suite: `iscsi-test-cu -d -t ALL` against a fresh target,
-//! scored against the committed expectations.
+//! The libiscsi suite: `iscsi-test-cu -d -S -t ALL URL URL2` against a
+//! fresh target, scored against the committed expectations. `-S` allows the
+//! SANITIZE tests; URL2 is the same LUN through a second portal, which the
+//! MultipathIO tests use. ReadOnly.ReadOnlySBC skips on a writable LUN, so
+//! it runs a second time, alone, against the read-only LUN of
+//! [`crate::target::READONLY_IQN`], and that outcome replaces the first.
 //!
 //! Owns the command line (both initiator names, `--dataloss`), the log files
 //! it leaves in the log dir, and the verdict. Parsing lives in
@@ -67,20 +71,64 @@ pub fn run(kind: &TargetKind, opts: &Options) -> Result<SuiteResult> {
         .join(format!("libiscsi-{}-target", kind.name()));
     target.keep_logs(target_logs.clone());
     let url = target.url();
+    let url2 = target.url2().unwrap_or_default();
     println!(
-        "{tag}: iscsi-test-cu -d -t ALL {url} (target {}; its logs will be in {})",
+        "{tag}: iscsi-test-cu -d -S -t ALL {url} {url2} (target {}; its logs will be in {})",
         kind.describe(),
         target_logs.display()
     );
     let t0 = Instant::now();
     let mut cmd = Command::new("iscsi-test-cu");
-    cmd.args(["-d", "-t", "ALL", "-i", INITIATOR_1, "-I", INITIATOR_2])
-        .arg(&url);
-    let out = proc::run(&mut cmd, opts.timeout, None)?;
+    cmd.args([
+        "-d",
+        "-S",
+        "-t",
+        "ALL",
+        "-i",
+        INITIATOR_1,
+        "-I",
+        INITIATOR_2,
+    ])
+    .arg(&url);
+    if !url2.is_empty() {
+        cmd.arg(&url2);
+    }
+    let mut out = proc::run(&mut cmd, opts.timeout, None)?;
+    // ReadOnly.ReadOnlySBC against the read-only LUN; its output is kept
+    // after the main run's.
+    let readonly = match target.readonly_url() {
+        Some(ro) if !out.timed_out => {
+            println!("{tag}: iscsi-test-cu -d -t {READONLY_TEST} {ro}");
+            let mut cmd = Command::new("iscsi-test-cu");
+            cmd.args([
+                "-d",
+                "-t",
+                READONLY_TEST,
+                "-i",
+                INITIATOR_1,
+                "-I",
+                INITIATOR_2,
+            ])
+            .arg(&ro);
+            let ro_out = proc::run(&mut cmd, opts.timeout, None)?;
+            out.timed_out |= ro_out.timed_out;
+            out.stderr.push_str(&ro_out.stderr);
+            Some(ro_out.stdout)
+        }
+        _ => None,
+    };
     std::fs::create_dir_all(&opts.log_dir)
         .with_context(|| format!("creating {}", opts.log_dir.display()))?;
     let log = opts.log_dir.join(format!("libiscsi-{}.log", kind.name()));
-    std::fs::write(&log, format!("{}{}", out.stdout, out.stderr))?;
+    std::fs::write(
+        &log,
+        format!(
+            "{}{}{}",
+            out.stdout,
+            readonly.as_deref().unwrap_or_default(),
+            out.stderr
+        ),
+    )?;
     println!(
         "{tag}: finished in {:.0}s ({}), raw output in {}",
         t0.elapsed().as_secs_f64(),
@@ -114,7 +162,13 @@ pub fn run(kind: &TargetKind, opts: &Options) -> Result<SuiteResult> {
         }
     }
 
-    let report = match cunit::parse(&out.stdout) {
+    let parsed = cunit::parse(&out.stdout).and_then(|mut r| {
+        if let Some(ro) = &readonly {
+            merge(&mut r, cunit::parse(ro)?);
+        }
+        Ok(r)
+    });
+    let report = match parsed {
         Ok(r) => r,
         Err(e) => {
             println!("FAIL {tag}: cannot parse the output of iscsi-test-cu: {e}");
@@ -196,6 +250,26 @@ pub fn run(kind: &TargetKind, opts: &Options) -> Result<SuiteResult> {
         result.ok = healthy && cmp.is_ok();
     }
     Ok(result)
+}
+
+/// The test that needs a read-only LUN.
+const READONLY_TEST: &str = "ALL.ReadOnly.ReadOnlySBC";
+
+/// The outcomes of `extra` (a run of some tests alone) replace those of the
+/// same tests in `main`; its failures count in the totals.
+fn merge(main: &mut cunit::RunReport, extra: cunit::RunReport) {
+    for t in extra.tests {
+        match main.tests.iter_mut().find(|m| m.id() == t.id()) {
+            Some(m) => *m = t,
+            None => main.tests.push(t),
+        }
+    }
+    match (main.totals.as_mut(), extra.totals) {
+        (Some(m), Some(e)) => m.failed += e.failed,
+        // The extra run stopped before its Run Summary.
+        (Some(_), None) => main.totals = None,
+        (None, _) => {}
+    }
 }
 
 /// `libiscsi-bin` version, for the blessed file's header.

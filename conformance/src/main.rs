@@ -93,7 +93,7 @@ enum ModeArg {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
-    /// iscsi-test-cu -d -t ALL, compared with the expectations file.
+    /// iscsi-test-cu -d -S -t ALL (two portals), compared with the expectations file.
     Libiscsi(LibiscsiArgs),
     /// kernel-initiator.sh: plain, CHAP and digest modes.
     Kernel(KernelArgs),

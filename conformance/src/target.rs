@@ -36,6 +36,10 @@ pub const DEFAULT_IQN: &str = "iqn.2026-11.io.locus:default";
 /// config target's name, and every locusd also serves [`DEFAULT_IQN`] from
 /// its (default) config.
 pub const MIRRORED_IQN: &str = "iqn.2026-11.io.locus:mirrored";
+/// A second target of locusd (and of a mirrored cluster's n1), from its
+/// config file: LUN 0 is a small read-only LUN (`read_only = true`), for
+/// libiscsi's ReadOnly tests, which skip on a writable LUN.
+pub const READONLY_IQN: &str = "iqn.2026-11.io.locus:readonly";
 /// The LUN size every kind of target serves: 1 GiB.
 pub const LUN_BYTES: u64 = 1 << 30;
 /// The logical block size of the local LUN (locusd's config default,
@@ -139,14 +143,25 @@ impl TargetKind {
     }
 }
 
-/// The TOML config that gives locusd's default target one-way CHAP.
+/// The TOML config of locusd (and of a mirrored cluster's nodes): the
+/// default target as locusd defines it without a file (LUN 0, 1 GiB),
+/// with one-way CHAP when `chap` is given, and [`READONLY_IQN`], whose
+/// LUN 0 is a 64 MiB read-only LUN.
 ///
 /// Kept in one place so the format can follow locusd's config as it settles
 /// (README of iscsi-target documents the real format).
-pub fn locusd_chap_config(chap: &Chap) -> String {
+pub fn locusd_config(chap: Option<&Chap>) -> String {
+    let chap = chap
+        .map(|c| {
+            format!(
+                "chap = {{ user = \"{}\", secret = \"{}\" }}\n",
+                c.user, c.secret
+            )
+        })
+        .unwrap_or_default();
     format!(
-        "[[target]]\nname = \"{DEFAULT_IQN}\"\nchap = {{ user = \"{}\", secret = \"{}\" }}\n\n[[target.lun]]\nid = 0\nsize = \"1G\"\n",
-        chap.user, chap.secret
+        "[[target]]\nname = \"{DEFAULT_IQN}\"\n{chap}\n[[target.lun]]\nid = 0\nsize = \"1G\"\n\n\
+         [[target]]\nname = \"{READONLY_IQN}\"\n{chap}\n[[target.lun]]\nid = 0\nsize = \"64M\"\nread_only = true\n"
     )
 }
 
@@ -285,6 +300,8 @@ pub struct RunningTarget {
     /// cluster the writer `n1`, then the other nodes, then Redis).
     procs: Vec<Process>,
     addr: SocketAddr,
+    /// A second portal of the same process, to the same LUN (multipath).
+    addr2: Option<SocketAddr>,
     /// tgtd's control port (`-C`), for `tgtadm`.
     control: Option<u16>,
     /// The metadata store and nodes of a mirrored cluster.
@@ -408,6 +425,7 @@ impl RunningTarget {
             kind: kind.clone(),
             procs: Vec::new(),
             addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            addr2: None,
             control: None,
             cluster: None,
             keep_logs: None,
@@ -418,10 +436,13 @@ impl RunningTarget {
             TargetKind::Tgtd => t.start_tgtd(setup),
             TargetKind::Mirrored { locusd, copies } => {
                 let dir = t.dir.path().to_owned();
-                cluster::start(locusd, *copies, setup, &dir, &mut t.procs).map(|(addr, c)| {
-                    t.addr = addr;
-                    t.cluster = Some(c);
-                })
+                cluster::start(locusd, *copies, setup, &dir, &mut t.procs).map(
+                    |([addr, addr2], c)| {
+                        t.addr = addr;
+                        t.addr2 = Some(addr2);
+                        t.cluster = Some(c);
+                    },
+                )
             }
         };
         match started {
@@ -435,17 +456,21 @@ impl RunningTarget {
 
     fn start_locusd(&mut self, bin: &Path, setup: &Setup) -> Result<()> {
         check_locusd(bin)?;
-        self.addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?));
+        let ports = free_ports(2)?;
+        self.addr = SocketAddr::from((Ipv4Addr::LOCALHOST, ports[0]));
+        let addr2 = SocketAddr::from((Ipv4Addr::LOCALHOST, ports[1]));
+        self.addr2 = Some(addr2);
+        let cfg = self.dir.path().join("locusd.toml");
+        std::fs::write(&cfg, locusd_config(setup.chap.as_ref()))?;
         let mut cmd = Command::new(bin);
         cmd.arg("--listen")
             .arg(self.addr.to_string())
+            .arg("--listen")
+            .arg(addr2.to_string())
             .arg("--data-dir")
-            .arg(self.dir.path().join("data"));
-        if let Some(chap) = &setup.chap {
-            let cfg = self.dir.path().join("locusd.toml");
-            std::fs::write(&cfg, locusd_chap_config(chap))?;
-            cmd.arg("--config").arg(cfg);
-        }
+            .arg(self.dir.path().join("data"))
+            .arg("--config")
+            .arg(cfg);
         let log = self.dir.path().join("target.log");
         self.procs
             .push(Process::spawn("locusd", &mut cmd, log, true, true)?);
@@ -568,6 +593,22 @@ impl RunningTarget {
     /// The libiscsi URL of the disk LUN: `iscsi://127.0.0.1:PORT/IQN/LUN`.
     pub fn url(&self) -> String {
         format!("iscsi://{}/{}/{}", self.addr, self.iqn(), self.lun())
+    }
+
+    /// The same LUN through a second portal of the process serving it
+    /// (locusd listens twice; a mirrored cluster's n1 too), for libiscsi's
+    /// MultipathIO tests; `None` for tgtd.
+    pub fn url2(&self) -> Option<String> {
+        self.addr2
+            .map(|a| format!("iscsi://{a}/{}/{}", self.iqn(), self.lun()))
+    }
+
+    /// The read-only LUN ([`READONLY_IQN`] LUN 0) of the process serving
+    /// the disk; `None` for tgtd.
+    pub fn readonly_url(&self) -> Option<String> {
+        self.kind
+            .is_locusd()
+            .then(|| format!("iscsi://{}/{READONLY_IQN}/0", self.addr))
     }
 
     /// The PID of the process serving the disk, while it runs.

@@ -62,8 +62,26 @@ async fn write_same_pattern_and_unmap() {
     write_blocks(&t, &n, 40, &[7; 1024]).await;
     good(&exec(&t, &n, &ws16(40, 2, 0x01 | 0x08), 0, &[]).await);
     assert!(read_blocks(&t, &n, 40, 2).await.iter().all(|&b| b == 0));
-    // Zero blocks (WSNZ), too many blocks, ANCHOR, beyond the end.
-    check(&exec(&t, &n, &ws16(0, 0, 0), 512, &block).await, 5, 0x24, 0);
+    // WRITE SAME(10) with UNMAP deallocates even when the data is not zero.
+    write_blocks(&t, &n, 48, &[7; 1024]).await;
+    c10[2..6].copy_from_slice(&48u32.to_be_bytes());
+    c10[7..9].copy_from_slice(&2u16.to_be_bytes());
+    good(&exec(&t, &n, &c10, 512, &[0xff; 512]).await);
+    assert!(read_blocks(&t, &n, 48, 2).await.iter().all(|&b| b == 0));
+    // Zero blocks (WSNZ = 0): up to the last LBA.
+    good(&exec(&t, &n, &ws16(BLOCKS - 4, 0, 0), 512, &block).await);
+    for c in read_blocks(&t, &n, (BLOCKS - 4) as u32, 4)
+        .await
+        .chunks(512)
+    {
+        assert_eq!(c, &block[..]);
+    }
+    check(
+        &exec(&t, &n, &ws16(BLOCKS, 0, 0), 512, &block).await,
+        5,
+        0x21,
+        0,
+    );
     // Above MAXIMUM WRITE SAME LENGTH (on a LU big enough for it).
     let big = iscsi_target::scsi::ScsiTarget::new("big");
     let lu = iscsi_target::scsi::LogicalUnit::new(
@@ -74,6 +92,13 @@ async fn write_same_pattern_and_unmap() {
     big.add_lun(0, std::sync::Arc::new(lu));
     check(
         &exec(&big, &n, &ws16(0, (1 << 16) + 1, 0), 512, &block).await,
+        5,
+        0x24,
+        0,
+    );
+    // Zero blocks beyond MAXIMUM WRITE SAME LENGTH from the LBA to the end.
+    check(
+        &exec(&big, &n, &ws16(0, 0, 0), 512, &block).await,
         5,
         0x24,
         0,

@@ -60,6 +60,10 @@ pub(crate) fn inquiry(lu: &LogicalUnit, ctx: &Ctx<'_>) -> CmdResult {
         0xb1 => {
             let mut v = vec![0u8; 0x3c];
             v[1] = 0x01; // MEDIUM ROTATION RATE: non-rotating medium
+                         // WABEREQ 01b: a read after SANITIZE BLOCK ERASE completes
+                         // GOOD (it reads zeroes); WACEREQ 00b: no CRYPTO ERASE
+                         // (SBC-4 6.6.2).
+            v[3] = 0x40;
             v
         }
         0xb2 => {
@@ -133,7 +137,8 @@ fn device_id(lu: &LogicalUnit, ctx: &Ctx<'_>) -> Vec<u8> {
 fn block_limits(lu: &LogicalUnit) -> Vec<u8> {
     let bs = u64::from(lu.block_size);
     let mut v = vec![0u8; 0x3c];
-    v[0] = 0x01; // WSNZ: WRITE SAME with NUMBER OF LOGICAL BLOCKS = 0 is rejected
+    // WSNZ = 0: WRITE SAME with NUMBER OF LOGICAL BLOCKS = 0 writes up to
+    // the last LBA, when that is within MAXIMUM WRITE SAME LENGTH.
     v[1] = MAX_CAW_BLOCKS;
     let gran = (4096 / bs).max(1) as u16;
     v[2..4].copy_from_slice(&gran.to_be_bytes());

@@ -13,6 +13,7 @@ use bytes::Bytes;
 
 use super::opcodes::{code::*, OpInfo};
 use super::pr::PrState;
+use super::sanitize::{self, SanitizeState};
 use super::sense::{self, key, Sense};
 use super::{inquiry, mode, pr, rw, thin, Nexus, ScsiRequest};
 use drbd_like_sync::storage::{BlockBackend, FileRange, StorageError, StorageErrorKind};
@@ -134,6 +135,8 @@ pub(crate) struct LuState {
     /// Held EXTENDED COPY results per (nexus, list identifier):
     /// (segments processed, bytes copied) (SPC-4 6.18.3).
     pub copies: HashMap<(u64, u8), (u16, u64)>,
+    /// Sanitize operation running or failed (SBC-4 4.11).
+    pub sanitize: SanitizeState,
 }
 
 impl LuState {
@@ -311,6 +314,8 @@ pub struct LogicalUnit {
     pub(crate) block_size: u32,
     pub(crate) blocks: u64,
     pub(crate) wce: AtomicBool,
+    /// SWP of the Control mode page (SPC-4 7.5.8): writes are refused.
+    pub(crate) swp: AtomicBool,
     pub(crate) state: Mutex<LuState>,
     /// Byte ranges in use: reads and writes hold theirs shared; COMPARE AND
     /// WRITE, ORWRITE and WRITE ATOMIC hold theirs exclusively, so that
@@ -361,6 +366,7 @@ impl LogicalUnit {
         };
         Ok(LogicalUnit {
             wce: AtomicBool::new(cfg.write_cache),
+            swp: AtomicBool::new(false),
             block_size: bs,
             blocks: size / u64::from(bs),
             backend,
@@ -403,9 +409,21 @@ impl LogicalUnit {
         }
     }
 
-    /// DATA PROTECT / WRITE PROTECTED when read-only.
+    /// Current SWP (software write protect) of the Control mode page.
+    pub fn software_write_protected(&self) -> bool {
+        self.swp.load(Ordering::Relaxed)
+    }
+
+    /// Writes to the medium are refused: the LU is configured read-only,
+    /// or SWP is set.
+    pub(crate) fn write_protected(&self) -> bool {
+        self.cfg.read_only || self.software_write_protected()
+    }
+
+    /// DATA PROTECT / WRITE PROTECTED when [`Self::write_protected`]
+    /// (SPC-4 7.5.8: SWP set; SBC-4 4.10).
     pub(crate) fn check_writable(&self) -> Result<(), Sense> {
-        if self.cfg.read_only {
+        if self.write_protected() {
             Err(sense::WRITE_PROTECTED)
         } else {
             Ok(())
@@ -506,13 +524,19 @@ impl LogicalUnit {
             let mut st = self.lock();
             st.note_nexus(ctx.nexus);
             if op == REQUEST_SENSE {
-                let s = st.pop_ua(ctx.nexus.id).unwrap_or(sense::NO_SENSE);
+                let s = st
+                    .pop_ua(ctx.nexus.id)
+                    .or(st.sanitize.sense())
+                    .unwrap_or(sense::NO_SENSE);
                 return Ok(Payload::Mem(request_sense_data(ctx.cdb(), s)));
             }
             if op != INQUIRY && op != REPORT_LUNS {
                 if let Some(ua) = st.pop_ua(ctx.nexus.id) {
                     return Err(Fail::Check(ua));
                 }
+            }
+            if let Some(s) = st.sanitize.refuses(op) {
+                return Err(Fail::Check(s));
             }
             pr::check_access(&st, ctx.nexus, ctx.info)?;
         }
@@ -537,9 +561,11 @@ impl LogicalUnit {
             },
             MODE_SENSE_6 | MODE_SENSE_10 => mode::mode_sense(self, ctx.cdb()),
             MODE_SELECT_6 | MODE_SELECT_10 => {
-                let wce_cleared = mode::mode_select(self, ctx)?;
-                if wce_cleared {
-                    // Writes acknowledged under WCE=1 become durable now (SBC-3 4.15).
+                let flush = mode::mode_select(self, ctx)?;
+                if flush {
+                    // Writes acknowledged under WCE=1 become durable now
+                    // (SBC-3 4.15); SWP protects the medium once cached
+                    // writes are on it (SPC-4 7.5.8).
                     self.backend.flush().await.map_err(write_error)?;
                 }
                 Ok(Bytes::new())
@@ -553,6 +579,7 @@ impl LogicalUnit {
             READ_DEFECT_DATA_10 | READ_DEFECT_DATA_12 => inquiry::read_defect_data(ctx.cdb()),
             WRITE_SAME_10 | WRITE_SAME_16 => thin::write_same(self, ctx).await,
             UNMAP => thin::unmap(self, ctx).await,
+            SANITIZE => sanitize::sanitize(self, ctx).await,
             COMPARE_AND_WRITE => rw::compare_and_write(self, ctx).await,
             EXTENDED_COPY => super::xcopy::extended_copy(self, ctx).await,
             RECEIVE_COPY_RESULTS => super::xcopy::receive_copy_results(self, ctx),

@@ -11,7 +11,8 @@
 //! Layout: `opcodes` (the one table: CDB validation, transfer lengths,
 //! reservation classes, REPORT SUPPORTED OPERATION CODES), `target` (LUN
 //! map, residuals, resets), `lu` (per-LU state, dispatch), and one file per
-//! command family: `inquiry`, `rw`, `thin`, `mode`, `pr`, `xcopy`.
+//! command family: `inquiry`, `rw`, `thin`, `mode`, `pr`, `xcopy`,
+//! `sanitize`.
 //!
 //! Contract with the transport:
 //! - `lun` is the decoded LUN number ([`lun_from_wire`]);
@@ -35,6 +36,7 @@ mod mode;
 pub mod opcodes;
 mod pr;
 mod rw;
+mod sanitize;
 pub mod sense;
 mod target;
 mod thin;

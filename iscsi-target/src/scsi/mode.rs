@@ -1,6 +1,6 @@
 //! MODE SENSE / MODE SELECT 6 and 10 (SPC-4 6.11-6.14, 7.5) with the
 //! caching (08h), control (0Ah) and informational exceptions (1Ch) pages.
-//! Only WCE is changeable; nothing can be saved.
+//! WCE (caching) and SWP (control) are changeable; nothing can be saved.
 
 use std::sync::atomic::Ordering;
 
@@ -43,6 +43,14 @@ fn page(lu: &LogicalUnit, code: u8, pc: Pc) -> Vec<u8> {
             let mut p = vec![0u8; 12];
             p[0] = CONTROL;
             p[1] = 10;
+            let swp = match pc {
+                Pc::Current => lu.software_write_protected(),
+                Pc::Changeable => true,
+                Pc::Default => false,
+            };
+            if swp {
+                p[4] |= 0x08; // SWP
+            }
             if pc != Pc::Changeable {
                 p[3] = 0x10; // QUEUE ALGORITHM MODIFIER 1: unrestricted reordering
                 p[5] = 0x40; // TAS: tasks aborted by another nexus end with TASK ABORTED
@@ -116,8 +124,8 @@ pub(crate) fn mode_sense(lu: &LogicalUnit, cdb: &[u8]) -> CmdResult {
             }
         }
     }
-    // DEVICE-SPECIFIC PARAMETER: WP, DPOFUA (SBC-3 6.4.1).
-    let dsp = 0x10 | if lu.cfg.read_only { 0x80 } else { 0 };
+    // DEVICE-SPECIFIC PARAMETER: WP (read-only or SWP), DPOFUA (SBC-4 6.5.1).
+    let dsp = 0x10 | if lu.write_protected() { 0x80 } else { 0 };
     let mut out = Vec::new();
     if ten {
         let total = 8 + bd.len() + pages.len();
@@ -135,9 +143,10 @@ pub(crate) fn mode_sense(lu: &LogicalUnit, cdb: &[u8]) -> CmdResult {
 
 /// MODE SELECT(6)/(10) (SPC-4 6.9/6.10). SP=1 is rejected (nothing can be
 /// saved); every page must match the current values except the bits the
-/// changeable mask allows (only WCE). A WCE change raises MODE PARAMETERS
-/// CHANGED for the other nexuses. Returns whether WCE went from 1 to 0
-/// (the caller then flushes the cache).
+/// changeable mask allows (WCE, SWP). A WCE or SWP change raises MODE
+/// PARAMETERS CHANGED for the other nexuses. Returns whether the cache must
+/// be flushed: WCE went from 1 to 0, or SWP from 0 to 1 (SPC-4 7.5.8: the
+/// medium is protected once the cached writes are on it).
 pub(crate) fn mode_select(lu: &LogicalUnit, ctx: &Ctx<'_>) -> Result<bool, Fail> {
     let cdb = ctx.cdb();
     let ten = u8_at(cdb, 0) == MODE_SELECT_10;
@@ -174,6 +183,7 @@ pub(crate) fn mode_select(lu: &LogicalUnit, ctx: &Ctx<'_>) -> Result<bool, Fail>
     }
     let mut pos = hdr + bdl;
     let mut new_wce = None;
+    let mut new_swp = None;
     while pos < plen {
         if pos + 2 > plen {
             return Err(sense::PARAM_LIST_LENGTH_ERROR.into());
@@ -200,18 +210,28 @@ pub(crate) fn mode_select(lu: &LogicalUnit, ctx: &Ctx<'_>) -> Result<bool, Fail>
                 return Err(Sense::invalid_param_field((pos + i) as u16, None).into());
             }
         }
-        if code == CACHING {
-            new_wce = Some(p[pos + 2] & 0x04 != 0);
+        match code {
+            CACHING => new_wce = Some(p[pos + 2] & 0x04 != 0),
+            CONTROL => new_swp = Some(p[pos + 4] & 0x08 != 0),
+            _ => {}
         }
         pos += len;
     }
+    let mut flush = false;
+    let mut changed = false;
     if let Some(wce) = new_wce {
         let old = lu.wce.swap(wce, Ordering::Relaxed);
-        if old != wce {
-            lu.lock()
-                .ua_others(Some(ctx.nexus.id), sense::UA_MODE_PARAMS_CHANGED);
-        }
-        return Ok(old && !wce);
+        changed |= old != wce;
+        flush |= old && !wce;
     }
-    Ok(false)
+    if let Some(swp) = new_swp {
+        let old = lu.swp.swap(swp, Ordering::Relaxed);
+        changed |= old != swp;
+        flush |= !old && swp;
+    }
+    if changed {
+        lu.lock()
+            .ua_others(Some(ctx.nexus.id), sense::UA_MODE_PARAMS_CHANGED);
+    }
+    Ok(flush)
 }

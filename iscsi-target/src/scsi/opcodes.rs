@@ -141,6 +141,7 @@ pub mod code {
     pub const SYNCHRONIZE_CACHE_10: u8 = 0x35;
     pub const WRITE_SAME_10: u8 = 0x41;
     pub const UNMAP: u8 = 0x42;
+    pub const SANITIZE: u8 = 0x48;
     pub const MODE_SELECT_10: u8 = 0x55;
     pub const RESERVE_10: u8 = 0x56;
     pub const RELEASE_10: u8 = 0x57;
@@ -173,6 +174,11 @@ pub mod code {
     pub const SA_REPORT_TARGET_PORT_GROUPS: u8 = 0x0a;
     pub const SA_REPORT_SUPPORTED_OPCODES: u8 = 0x0c;
     pub const SA_REPORT_SUPPORTED_TMF: u8 = 0x0d;
+    /// SANITIZE service actions (SBC-4 5.30); CRYPTO ERASE (03h) is not
+    /// supported: nothing is stored encrypted.
+    pub const SA_SANITIZE_OVERWRITE: u8 = 0x01;
+    pub const SA_SANITIZE_BLOCK_ERASE: u8 = 0x02;
+    pub const SA_SANITIZE_EXIT_FAILURE_MODE: u8 = 0x1f;
 }
 
 use code::*;
@@ -200,6 +206,9 @@ pub static OPCODES: &[OpInfo] = &[
     op(SYNCHRONIZE_CACHE_10, None, "SYNCHRONIZE CACHE(10)", &[0x35, 0x06, 0xff, 0xff, 0xff, 0xff, 0x3f, 0xff, 0xff, 0], Xfer::None, Write),
     op(WRITE_SAME_10, None, "WRITE SAME(10)", &[0x41, 0x08, 0xff, 0xff, 0xff, 0xff, 0x3f, 0xff, 0xff, 0], Xfer::WriteSame, Write),
     op(UNMAP, None, "UNMAP", &[0x42, 0, 0, 0, 0, 0, 0x3f, 0xff, 0xff, 0], Xfer::Param { off: 7, size: 2 }, Write),
+    op(SANITIZE, Some(SA_SANITIZE_OVERWRITE), "SANITIZE / OVERWRITE", &SANITIZE_ROW, SANITIZE_XFER, Write),
+    op(SANITIZE, Some(SA_SANITIZE_BLOCK_ERASE), "SANITIZE / BLOCK ERASE", &SANITIZE_ROW, SANITIZE_XFER, Write),
+    op(SANITIZE, Some(SA_SANITIZE_EXIT_FAILURE_MODE), "SANITIZE / EXIT FAILURE MODE", &SANITIZE_ROW, SANITIZE_XFER, Write),
     op(MODE_SELECT_10, None, "MODE SELECT(10)", &[0x55, 0x11, 0, 0, 0, 0, 0, 0xff, 0xff, 0], Xfer::Param { off: 7, size: 2 }, Write),
     op(RESERVE_10, None, "RESERVE(10)", &[0x56, 0, 0, 0, 0, 0, 0, 0, 0, 0], Xfer::None, Own),
     free(op(RELEASE_10, None, "RELEASE(10)", &[0x57, 0, 0, 0, 0, 0, 0, 0, 0, 0], Xfer::None, Own)),
@@ -242,6 +251,9 @@ pub static OPCODES: &[OpInfo] = &[
     op(READ_DEFECT_DATA_12, None, "READ DEFECT DATA(12)", &[0xb7, 0x1f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0], Xfer::In, Read),
 ];
 
+/// SANITIZE (SBC-4 5.30): IMMED, AUSE, SERVICE ACTION; PARAMETER LIST LENGTH.
+const SANITIZE_ROW: [u8; 10] = [0x48, 0xbf, 0, 0, 0, 0, 0, 0xff, 0xff, 0];
+const SANITIZE_XFER: Xfer = Xfer::Param { off: 7, size: 2 };
 const PROUT_XFER: Xfer = Xfer::Param { off: 5, size: 4 };
 const PROUT_ROW: [u8; 10] = [0x5f, 0x1f, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0];
 const PRIN_ROW: [u8; 10] = [0x5e, 0x1f, 0, 0, 0, 0, 0, 0xff, 0xff, 0];

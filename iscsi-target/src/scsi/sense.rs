@@ -145,6 +145,11 @@ pub const TOO_MANY_SEGMENT_DESCRIPTORS: Sense = Sense::new(key::ILLEGAL_REQUEST,
 pub const MISCOMPARE_VERIFY: Sense = Sense::new(key::MISCOMPARE, 0x1d, 0x00);
 /// WRITE PROTECTED (07/27/00).
 pub const WRITE_PROTECTED: Sense = Sense::new(key::DATA_PROTECT, 0x27, 0x00);
+/// LOGICAL UNIT NOT READY, SANITIZE IN PROGRESS (02/04/1B) (SBC-4 4.11.4).
+pub const SANITIZE_IN_PROGRESS: Sense = Sense::new(key::NOT_READY, 0x04, 0x1b);
+/// SANITIZE COMMAND FAILED (03/31/03): the LU is in sanitize failure mode
+/// (SBC-4 4.11.5).
+pub const SANITIZE_FAILED: Sense = Sense::new(key::MEDIUM_ERROR, 0x31, 0x03);
 /// SPACE ALLOCATION FAILED WRITE PROTECT (07/27/07).
 pub const SPACE_ALLOC_FAILED: Sense = Sense::new(key::DATA_PROTECT, 0x27, 0x07);
 /// UNRECOVERED READ ERROR (03/11/00).

@@ -15,9 +15,11 @@ use super::sense::{self, Sense};
 /// Bytes per pattern write when WRITE SAME writes non-zero data.
 const WS_CHUNK: usize = 1 << 20;
 
-/// WRITE SAME 10/16 (SBC-3 5.44/5.45). WSNZ=1: zero blocks is rejected.
+/// WRITE SAME 10/16 (SBC-4 5.50/5.51). WSNZ=0: zero blocks means up to the
+/// last LBA, within MAXIMUM WRITE SAME LENGTH.
 /// All-zero data (or NDOB) becomes a zeroing request; with UNMAP on a thin
-/// LU the range is deallocated (LBPRZ: it then reads as zeroes).
+/// LU the range is deallocated whatever the data (LBPRZ: it then reads as
+/// zeroes).
 pub(crate) async fn write_same(lu: &LogicalUnit, ctx: &Ctx<'_>) -> CmdResult {
     let cdb = ctx.cdb();
     let (lba, n) = if ctx.info.opcode == WRITE_SAME_10 {
@@ -28,13 +30,24 @@ pub(crate) async fn write_same(lu: &LogicalUnit, ctx: &Ctx<'_>) -> CmdResult {
     let unmap = u8_at(cdb, 1) & 0x08 != 0;
     let ndob = ctx.info.opcode == WRITE_SAME_16 && u8_at(cdb, 1) & 0x01 != 0;
     lu.check_writable()?;
-    lu.check_range(lba, n)?;
+    let n = if n == 0 {
+        // Zero blocks: from the LBA to the last one (SBC-4 5.50.1).
+        if lba >= lu.blocks {
+            return Err(sense::LBA_OUT_OF_RANGE.into());
+        }
+        lu.blocks - lba
+    } else {
+        lu.check_range(lba, n)?;
+        n
+    };
     let len_field = if ctx.info.opcode == WRITE_SAME_10 {
         7
     } else {
         10
     };
-    if n == 0 || n > MAX_WRITE_SAME_BYTES / u64::from(lu.block_size) {
+    // A range beyond MAXIMUM WRITE SAME LENGTH (VPD B0), zero blocks
+    // included, is refused (SBC-4 5.50.1).
+    if n > MAX_WRITE_SAME_BYTES / u64::from(lu.block_size) {
         return Err(Sense::invalid_cdb_field(len_field, None).into());
     }
     if unmap && !lu.cfg.thin {
@@ -52,7 +65,10 @@ pub(crate) async fn write_same(lu: &LogicalUnit, ctx: &Ctx<'_>) -> CmdResult {
     let zero = block.as_ref().is_none_or(|b| b.iter().all(|&x| x == 0));
     let fua = !lu.write_cache_enabled();
     let _g = lu.shared_io(off, total).await;
-    if zero {
+    // UNMAP set on a thin LU deallocates whatever the Data-Out holds: the
+    // blocks then read as zeroes (LBPRZ), as initiators that unmap with
+    // WRITE SAME expect (SBC-4 4.7.3.4, 5.50).
+    if zero || unmap {
         lu.backend
             .write_zeroes(off, total, unmap)
             .await
