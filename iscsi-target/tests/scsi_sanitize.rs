@@ -36,6 +36,7 @@ fn control_page(swp: bool) -> Vec<u8> {
     p[5] = 10;
     p[4 + 3] = 0x10;
     p[4 + 4] = if swp { 0x08 } else { 0 };
+    p[4 + 5] = 0x40; // TAS, as the current page has it
     p[4 + 8] = 0xff;
     p[4 + 9] = 0xff;
     p
