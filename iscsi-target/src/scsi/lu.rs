@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 
+use super::gate::{GateOwner, TaskGate};
 use super::opcodes::{code::*, OpInfo};
 use super::pr::PrState;
 use super::sense::{self, key, Sense};
@@ -307,6 +308,14 @@ pub struct LogicalUnit {
     io_lock: RangeLock,
     /// Zero-copy READ data (see [`ZeroCopy`]).
     pub(crate) zero_copy: ZeroCopy,
+    /// The task set's admission gate: task attributes (SAM-5 §8.6).
+    gate: TaskGate,
+}
+
+impl GateOwner for LogicalUnit {
+    fn gate(&self) -> &TaskGate {
+        &self.gate
+    }
 }
 
 impl std::fmt::Debug for LogicalUnit {
@@ -349,6 +358,7 @@ impl LogicalUnit {
             }),
             io_lock: RangeLock::default(),
             zero_copy: ZeroCopy::default(),
+            gate: TaskGate::default(),
             cfg,
         })
     }

@@ -43,6 +43,8 @@ fn page(lu: &LogicalUnit, code: u8, pc: Pc) -> Vec<u8> {
             let mut p = vec![0u8; 12];
             p[0] = CONTROL;
             p[1] = 10;
+            // TST 000b (byte 2): one task set per LU shared by every I_T
+            // nexus, which is how `gate` orders ORDERED tasks.
             if pc != Pc::Changeable {
                 p[3] = 0x10; // QUEUE ALGORITHM MODIFIER 1: unrestricted reordering
                 p[8] = 0xff; // BUSY TIMEOUT PERIOD: unlimited

@@ -157,9 +157,12 @@ impl FullFeature {
             zero_copy: !self.digests.data,
         };
         self.tasks.run(itt, cmd.lun, counted);
+        // The command takes its place in the LU's task set here, in CmdSN
+        // order, not when the loop first polls its future (SAM-5 §8.6).
+        let run = target.submit(nexus, req);
         self.running.push(
             async move {
-                let resp = target.execute(&nexus, req).await;
+                let resp = run.await;
                 Completed { itt, resp }
             }
             .boxed(),
