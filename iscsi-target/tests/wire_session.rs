@@ -354,41 +354,8 @@ async fn shutdown_asks_initiators_to_log_out() {
         .expect("daemon stopped after the session logged out");
 }
 
-#[tokio::test]
-async fn keepalive_drops_an_initiator_that_stops_answering() {
-    let d = TestDaemon::start(Some("nop_interval_secs = 1\nnop_timeout_secs = 1\n")).await;
-    let mut w = Wire::connect(d.addr).await;
-    w.login(TARGET, &[]).await;
-    w.expect_power_on_ua().await;
-    // Idle: the target pings with a NOP-In that asks for an answer.
-    let p = w.recv().await.expect("NOP-In ping");
-    match &p.bhs {
-        Bhs::NopIn(n) => {
-            assert_eq!(n.itt, Itt::RESERVED, "a target-initiated ping");
-            assert_ne!(n.ttt, Ttt::RESERVED, "it asks for a NOP-Out answer");
-        }
-        other => panic!("expected NOP-In, got {other:?}"),
-    }
-    // We never answer: the target must give up on us and close.
-    assert!(w.recv().await.is_none(), "dead initiator dropped");
-}
-
-#[tokio::test]
-async fn keepalive_keeps_an_initiator_that_answers() {
-    let d = TestDaemon::start(Some("nop_interval_secs = 1\nnop_timeout_secs = 1\n")).await;
-    let mut w = Wire::connect(d.addr).await;
-    w.login(TARGET, &[]).await;
-    w.expect_power_on_ua().await;
-    for _ in 0..2 {
-        let p = w.recv().await.expect("NOP-In ping");
-        let Bhs::NopIn(n) = &p.bhs else {
-            panic!("expected NOP-In, got {:?}", p.bhs)
-        };
-        let answer = ping_answer(&w, n.ttt);
-        w.send(&answer).await;
-    }
-    w.ping().await;
-}
+// The keepalive itself (ping after idle, drop after nop_timeout) is tested
+// with a paused clock in `session::ffp::tests`.
 
 /// The NOP-Out that answers a target ping with transfer tag `ttt`
 /// (RFC 7143 §11.18).

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 
+use super::gate::{GateOwner, TaskGate};
 use super::opcodes::{code::*, OpInfo};
 use super::pr::PrState;
 use super::sanitize::{self, SanitizeState};
@@ -333,6 +334,14 @@ pub struct LogicalUnit {
     /// Bumped by each PREEMPT AND ABORT that aborts tasks; a command that
     /// sees it unchanged at its end was not aborted (see `aborted_at`).
     abort_gen: AtomicU64,
+    /// The task set's admission gate: task attributes (SAM-5 §8.6).
+    gate: TaskGate,
+}
+
+impl GateOwner for LogicalUnit {
+    fn gate(&self) -> &TaskGate {
+        &self.gate
+    }
 }
 
 impl std::fmt::Debug for LogicalUnit {
@@ -378,6 +387,7 @@ impl LogicalUnit {
             zero_copy: ZeroCopy::default(),
             pr_turn: tokio::sync::Mutex::new(()),
             abort_gen: AtomicU64::new(0),
+            gate: TaskGate::default(),
             cfg,
         })
     }
@@ -480,12 +490,7 @@ impl LogicalUnit {
     /// unit attentions, and the tasks of the `aborted` ports, which end with
     /// TASK ABORTED (SPC-4 5.13.11.2.4; TAS is set in the Control mode page,
     /// SPC-4 7.5.8, so the initiator is told rather than left waiting).
-    pub(crate) fn apply_pr(
-        &self,
-        pr: PrState,
-        uas: super::pr::PortUas,
-        aborted: &[(String, u16)],
-    ) {
+    pub(crate) fn apply_pr(&self, pr: PrState, uas: super::pr::PortUas, aborted: &[(String, u16)]) {
         let mut st = self.lock();
         st.pr = pr;
         for (ports, ua) in uas {

@@ -10,7 +10,8 @@
 //!
 //! Layout: `opcodes` (the one table: CDB validation, transfer lengths,
 //! reservation classes, REPORT SUPPORTED OPERATION CODES), `target` (LUN
-//! map, residuals, resets), `lu` (per-LU state, dispatch), and one file per
+//! map, residuals, resets), `lu` (per-LU state, dispatch), `gate` (task
+//! attributes: the task set's admission order), and one file per
 //! command family: `inquiry`, `rw`, `thin`, `mode`, `pr`, `xcopy`,
 //! `sanitize`.
 //!
@@ -19,9 +20,17 @@
 //! - `Nexus::initiator_port` must identify the I_T nexus across sessions
 //!   (initiator name plus ISID): persistent reservations are keyed by it
 //!   and the relative port;
-//! - task attributes are not interpreted: the transport runs ORDERED and
-//!   HEAD OF QUEUE tasks in the order SAM-5 requires; ABORT TASK / PREEMPT
-//!   AND ABORT are the transport's (drop the future);
+//! - task attributes are honoured per LU (`gate`, SAM-5 §8.6): one task
+//!   set shared by every nexus (Control mode page TST=000b), so an ORDERED
+//!   task starts after every task that arrived at the LU before it, from
+//!   any nexus, and before every later one; HEAD OF QUEUE starts at once,
+//!   ahead of waiting tasks; SIMPLE tasks run in any order among themselves
+//!   (QUEUE ALGORITHM MODIFIER 1). A command arrives when the transport
+//!   calls [`ScsiTarget::submit`] (or first polls
+//!   [`ScsiTarget::execute`]), so a transport that starts commands in
+//!   CmdSN order gets that order;
+//! - ABORT TASK / PREEMPT AND ABORT are the transport's (drop the response,
+//!   or the future: a dropped future gives up its place in the task set);
 //! - for block writes whose expected length is shorter than the CDB's
 //!   transfer length, only the Data-Out that arrived is written and the
 //!   overflow is reported (FCP-4 option a); parameter lists cut short are
@@ -30,6 +39,7 @@
 use bytes::Bytes;
 
 mod cdb;
+mod gate;
 mod inquiry;
 mod lu;
 mod mode;

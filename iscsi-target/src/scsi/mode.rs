@@ -43,6 +43,8 @@ fn page(lu: &LogicalUnit, code: u8, pc: Pc) -> Vec<u8> {
             let mut p = vec![0u8; 12];
             p[0] = CONTROL;
             p[1] = 10;
+            // TST 000b (byte 2): one task set per LU shared by every I_T
+            // nexus, which is how `gate` orders ORDERED tasks.
             let swp = match pc {
                 Pc::Current => lu.software_write_protected(),
                 Pc::Changeable => true,

@@ -9,6 +9,7 @@ use std::sync::{Arc, RwLock};
 use bytes::Bytes;
 
 use super::cdb::{be32, u8_at};
+use super::gate::{self, Ticket};
 use super::lu::{request_sense_data, truncate, Ctx, Fail, LogicalUnit, Payload};
 use super::opcodes::{self, code::*, Xfer};
 use super::sense::{self, Sense};
@@ -89,12 +90,47 @@ impl ScsiTarget {
     /// is a response with CHECK CONDITION or RESERVATION CONFLICT.
     /// Cancel safety: dropping the future may leave a write half done,
     /// as an aborted task may (SAM-5 7.2).
+    ///
+    /// The command takes its place in its LU's task set when the future is
+    /// first polled; a transport that starts commands concurrently uses
+    /// [`ScsiTarget::submit`], which takes it at the call.
     pub async fn execute(&self, nexus: &Nexus, req: ScsiRequest) -> ScsiResponse {
+        let ticket = self.lun(req.lun).map(|lu| gate::arrive(lu, req.attr));
+        self.run(nexus, req, ticket).await
+    }
+
+    /// Starts one command: it takes its place in its LU's task set now, in
+    /// the order of the calls (SAM-5 §8.6: ORDERED and HEAD OF QUEUE are
+    /// ordered by arrival at the LU), and the returned future runs it as
+    /// [`ScsiTarget::execute`] does once the task attribute lets it.
+    /// Dropping the future before it finishes gives the place up.
+    pub fn submit(
+        self: &Arc<Self>,
+        nexus: Arc<Nexus>,
+        req: ScsiRequest,
+    ) -> impl std::future::Future<Output = ScsiResponse> + Send + 'static {
+        let ticket = self.lun(req.lun).map(|lu| gate::arrive(lu, req.attr));
+        let target = Arc::clone(self);
+        async move { target.run(&nexus, req, ticket).await }
+    }
+
+    /// Waits for the task set to let the command in, then runs it.
+    async fn run(
+        &self,
+        nexus: &Nexus,
+        req: ScsiRequest,
+        ticket: Option<Ticket<Arc<LogicalUnit>>>,
+    ) -> ScsiResponse {
+        let entered = match ticket {
+            Some(t) => Some(t.enter().await),
+            None => None,
+        };
+        let lu = entered.as_ref().map(|e| e.owner());
         let info = match opcodes::decode(&req.cdb) {
             Ok(i) => i,
             Err(s) => {
                 // Unknown LUN takes precedence over an unknown opcode.
-                let s = if self.lun(req.lun).is_none() {
+                let s = if lu.is_none() {
                     sense::LUN_NOT_SUPPORTED
                 } else {
                     s
@@ -102,8 +138,7 @@ impl ScsiTarget {
                 return failed(&req, Fail::Check(s), 0);
             }
         };
-        let lu = self.lun(req.lun);
-        let bs = lu.as_ref().map_or(512, |l| l.block_size);
+        let bs = lu.map_or(512, |l| l.block_size);
         let spdtl = opcodes::data_out_len(info, &req.cdb, bs);
         // Data-Out beyond the expected length: the initiator cannot send it
         // (FCP-4 / RFC 7143: option b, no data transferred).
@@ -130,7 +165,7 @@ impl ScsiTarget {
             target_name: &self.name,
             target: self,
         };
-        let result = match (&lu, info.opcode) {
+        let result = match (lu, info.opcode) {
             (lu, REPORT_LUNS) => {
                 if let Some(lu) = lu {
                     lu.lock().clear_ua(nexus.id, sense::UA_LUNS_CHANGED);
