@@ -87,6 +87,19 @@ async fn capacity() {
         BLOCKS - 1
     );
     assert_eq!(r.data_in[14] & 0x80, 0x80, "LBPME");
+    assert_eq!(
+        r.data_in[13] & 0x0f,
+        0,
+        "one logical block per physical block"
+    );
+    let mut cfg = LunConfig::new("512e");
+    cfg.physical_block_exponent = 3;
+    let r = exec(&target_with(cfg), &n, &c, 32, &[]).await;
+    assert_eq!(
+        r.data_in[13] & 0x0f,
+        3,
+        "8 logical blocks per physical block"
+    );
     let mut cfg = LunConfig::new("thick");
     cfg.thin = false;
     cfg.logical_block_size = 4096;

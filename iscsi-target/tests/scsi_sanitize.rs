@@ -3,6 +3,7 @@
 
 mod scsi_util;
 use futures::FutureExt;
+use iscsi_target::scsi::LunConfig;
 use scsi_util::*;
 
 const OVERWRITE: u8 = 0x01;
@@ -211,4 +212,30 @@ async fn software_write_protect_refuses_writes() {
         .await,
     );
     good(&exec(&t, &a, &write10(0, 1, false), 512, &[1; 512]).await);
+}
+
+/// OVERWRITE keeps to `sanitize_rate` (on a paused clock, the time it takes
+/// is exactly its pacing): 1 MiB at 256 KiB/s takes 4 s, unpaced no time.
+#[tokio::test(start_paused = true)]
+async fn overwrite_is_paced_at_the_sanitize_rate() {
+    for (rate, secs) in [(256u64 << 10, 4u64), (0, 0)] {
+        let mut cfg = LunConfig::new("PACED");
+        cfg.sanitize_rate = rate;
+        let t = target_with(cfg);
+        let n = nexus(1);
+        let p = overwrite_params(&[0x5a]);
+        let start = tokio::time::Instant::now();
+        good(
+            &exec(
+                &t,
+                &n,
+                &sanitize(OVERWRITE, false, p.len() as u16),
+                p.len() as u32,
+                &p,
+            )
+            .await,
+        );
+        assert_eq!(start.elapsed().as_secs(), secs, "rate {rate}");
+        assert_eq!(&read_blocks(&t, &n, 0, 1).await[..4], &[0x5a; 4]);
+    }
 }

@@ -216,6 +216,42 @@ pub struct LunConfigFile {
     /// Read-only LUN.
     #[serde(default)]
     pub read_only: bool,
+    /// Physical block size reported to initiators (READ CAPACITY(16)):
+    /// a power-of-two multiple of `block_size`, at most 32768 of them; for
+    /// example 4096 on a 512-byte LUN ("512e"), so that initiators align
+    /// their I/O to 4 KiB. Default: `block_size`.
+    #[serde(default)]
+    pub physical_block_size: Option<u32>,
+    /// Most bytes per second a SANITIZE OVERWRITE writes, like "128M";
+    /// "0" for as fast as the disk goes. Default 128M.
+    #[serde(default)]
+    pub sanitize_rate: Option<String>,
+}
+
+impl LunConfigFile {
+    /// The SANITIZE OVERWRITE pace in bytes per second (0: unpaced).
+    pub fn sanitize_rate(&self) -> Result<u64, String> {
+        match &self.sanitize_rate {
+            None => Ok(crate::scsi::DEFAULT_SANITIZE_RATE),
+            Some(r) => parse_size(r).map_err(|e| format!("sanitize_rate: {e}")),
+        }
+    }
+
+    /// log2(physical block size / logical block size), or why the
+    /// configured physical block size is not valid.
+    pub fn physical_block_exponent(&self) -> Result<u8, String> {
+        let Some(p) = self.physical_block_size else {
+            return Ok(0);
+        };
+        let ratio = p / self.block_size;
+        if p % self.block_size != 0 || !ratio.is_power_of_two() || ratio > 1 << 15 {
+            return Err(format!(
+                "physical_block_size {p} is not a power-of-two multiple (at most 32768) of block_size {}",
+                self.block_size
+            ));
+        }
+        Ok(ratio.trailing_zeros() as u8)
+    }
 }
 
 fn default_listen() -> Vec<SocketAddr> {
@@ -283,6 +319,8 @@ impl Default for Config {
                     block_size: 512,
                     write_cache: true,
                     read_only: false,
+                    physical_block_size: None,
+                    sanitize_rate: None,
                 }],
             }],
         }
@@ -411,6 +449,9 @@ impl Config {
                         t.name, l.id, l.block_size
                     ));
                 }
+                if let Err(e) = l.physical_block_exponent().and(l.sanitize_rate()) {
+                    return bad(format!("target {} LUN {}: {e}", t.name, l.id));
+                }
                 let size = parse_size(&l.size).map_err(|e| {
                     ConfigError::Invalid(format!("target {} LUN {}: size: {e}", t.name, l.id))
                 })?;
@@ -499,6 +540,30 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("not a valid"), "{e}");
+    }
+
+    #[test]
+    fn physical_block_size_is_a_power_of_two_multiple_of_the_block_size() {
+        let lun = |extra: &str| {
+            Config::parse(&format!(
+                "[[target]]\nname = \"iqn.2026-11.io.locus:x\"\n[[target.lun]]\nid = 0\nsize = \"1M\"\n{extra}"
+            ))
+        };
+        let exp = |c: Config| c.targets[0].luns[0].physical_block_exponent();
+        assert_eq!(exp(lun("").unwrap()), Ok(0));
+        assert_eq!(exp(lun("physical_block_size = 4096\n").unwrap()), Ok(3));
+        let e = lun("physical_block_size = 1536\n").unwrap_err().to_string();
+        assert!(e.contains("physical_block_size 1536"), "{e}");
+        let e = lun("block_size = 4096\nphysical_block_size = 512\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("power-of-two multiple"), "{e}");
+        let rate = |c: Config| c.targets[0].luns[0].sanitize_rate();
+        assert_eq!(rate(lun("").unwrap()), Ok(128 << 20));
+        assert_eq!(rate(lun("sanitize_rate = \"0\"\n").unwrap()), Ok(0));
+        assert_eq!(rate(lun("sanitize_rate = \"1G\"\n").unwrap()), Ok(1 << 30));
+        let e = lun("sanitize_rate = \"fast\"\n").unwrap_err().to_string();
+        assert!(e.contains("sanitize_rate"), "{e}");
     }
 
     #[test]

@@ -208,6 +208,11 @@ fn build_lun(
     let mut cfg = LunConfig::new(&serial_of(&id));
     cfg.naa_id = crate::scsi::naa_from(&id);
     cfg.logical_block_size = l.block_size;
+    // Validated with the config.
+    cfg.physical_block_exponent = l.physical_block_exponent().unwrap_or(0);
+    cfg.sanitize_rate = l
+        .sanitize_rate()
+        .unwrap_or(crate::scsi::DEFAULT_SANITIZE_RATE);
     cfg.write_cache = l.write_cache;
     cfg.read_only = l.read_only;
     cfg.thin = true;

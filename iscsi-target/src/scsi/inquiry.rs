@@ -180,9 +180,11 @@ pub(crate) fn read_capacity16(lu: &LogicalUnit, cdb: &[u8]) -> CmdResult {
     let mut d = [0u8; 32];
     d[0..8].copy_from_slice(&(lu.blocks - 1).to_be_bytes());
     d[8..12].copy_from_slice(&lu.block_size.to_be_bytes());
-    // LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT stays 0: the 4 KiB hole
-    // granularity is advertised as OPTIMAL UNMAP GRANULARITY (VPD B0)
-    // instead, and GET LBA STATUS reports exactly the requested LBA.
+    // LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT: 0 unless the LUN is
+    // configured with larger physical blocks. The 4 KiB hole granularity is
+    // advertised as OPTIMAL UNMAP GRANULARITY (VPD B0) either way, and GET
+    // LBA STATUS reports exactly the requested LBA.
+    d[13] = lu.cfg.physical_block_exponent & 0x0f;
     if lu.cfg.thin {
         d[14] = 0x80 | 0x40; // LBPME, LBPRZ
     }

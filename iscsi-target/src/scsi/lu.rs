@@ -47,6 +47,10 @@ pub struct LunConfig {
     pub naa_id: [u8; 16],
     /// Logical block size in bytes: 512 or 4096.
     pub logical_block_size: u32,
+    /// LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT (SBC-4 5.20.2, READ
+    /// CAPACITY(16)): 0 when a physical block is one logical block, 3 for
+    /// 512-byte logical blocks on 4096-byte physical ones ("512e").
+    pub physical_block_exponent: u8,
     /// Thin provisioned: UNMAP, WRITE SAME with UNMAP, LBPME (SBC-3 4.7).
     pub thin: bool,
     /// Initial WCE bit of the caching mode page; with WCE=0 every write is FUA.
@@ -57,7 +61,14 @@ pub struct LunConfig {
     pub read_only: bool,
     /// ALUA target port group of this target (VPD 0x83, REPORT TARGET PORT GROUPS).
     pub target_port_group: u16,
+    /// Bytes per second a SANITIZE OVERWRITE writes at most, 0 for as fast
+    /// as the backend goes. A sanitize is bulk background work that runs on
+    /// after its command; the pace leaves the node's disk to its other LUNs.
+    pub sanitize_rate: u64,
 }
+
+/// The default [`LunConfig::sanitize_rate`]: 128 MiB/s, 8 s per GiB.
+pub const DEFAULT_SANITIZE_RATE: u64 = 128 << 20;
 
 impl LunConfig {
     /// Defaults for a LU with the given serial: 512-byte blocks, thin,
@@ -71,11 +82,13 @@ impl LunConfig {
             serial: serial.into(),
             naa_id: naa_from(serial),
             logical_block_size: 512,
+            physical_block_exponent: 0,
             thin: true,
             write_cache: true,
             pr_path: None,
             read_only: false,
             target_port_group: 1,
+            sanitize_rate: DEFAULT_SANITIZE_RATE,
         }
     }
 }

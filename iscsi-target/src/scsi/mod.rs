@@ -52,7 +52,7 @@ mod target;
 mod thin;
 mod xcopy;
 
-pub use lu::{naa_from, LogicalUnit, LunConfig, LunError};
+pub use lu::{naa_from, LogicalUnit, LunConfig, LunError, DEFAULT_SANITIZE_RATE};
 pub use sense::Sense;
 pub use target::ScsiTarget;
 

@@ -200,7 +200,15 @@ impl FullFeature {
                     self.liveness.on_traffic(Instant::now());
                     let raw = match frame {
                         Ok(Some(raw)) => raw,
-                        Ok(None) => { self.drain().await; return Ending::PeerClosed; }
+                        Ok(None) => {
+                            // The I_T nexus is gone now (SAM-5 6.3.4), not
+                            // once its commands drained: a RESERVE(6) it held
+                            // must not refuse the next command of another
+                            // session. The session calls it again at its end.
+                            self.nexus_lost();
+                            self.drain().await;
+                            return Ending::PeerClosed;
+                        }
                         Err(StreamError::Io(e)) => { return Ending::Fault(e.to_string()); }
                         Err(e) => { self.drain().await; return Ending::Fault(e.to_string()); }
                     };
@@ -220,6 +228,13 @@ impl FullFeature {
                     }
                 }
             }
+        }
+    }
+
+    /// Tells the SCSI layer this session's I_T nexus is lost.
+    fn nexus_lost(&self) {
+        if let Some(t) = &self.target {
+            t.nexus_lost(self.nexus.id);
         }
     }
 
@@ -469,8 +484,11 @@ impl FullFeature {
 
     async fn on_logout(&mut self, l: LogoutRequest) -> Ending {
         // Let running commands finish first: their status must reach the
-        // initiator before the logout response (RFC 7143 §11.14).
+        // initiator before the logout response (RFC 7143 §11.14). The nexus
+        // is lost before the response goes out, so that an initiator that
+        // then uses another session finds its RESERVE(6) released.
         self.drain().await;
+        self.nexus_lost();
         let response = match l.reason {
             0 | 1 => 0,
             2 => 2,
