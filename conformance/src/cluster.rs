@@ -299,10 +299,27 @@ impl Cluster {
     pub(crate) fn compare_copies(&self) -> Result<String> {
         let (bytes, data) = compare_files(&self.copies)?;
         if data == 0 {
-            bail!(
-                "every copy of {IMAGE} is all zeros: the suite wrote nothing, so comparing \
-                 the copies proves nothing"
-            );
+            // Zeros can be written data (libiscsi's last SANITIZE OVERWRITE
+            // writes a zero pattern over the whole LUN): then the sparse
+            // copies have every block allocated. Neither data nor allocated
+            // blocks means the suite wrote nothing.
+            use std::os::unix::fs::MetadataExt;
+            let mut allocated = u64::MAX;
+            for c in &self.copies {
+                let m = std::fs::metadata(c).with_context(|| format!("{}", c.display()))?;
+                allocated = allocated.min(m.blocks() * 512);
+            }
+            if allocated == 0 || allocated == u64::MAX {
+                bail!(
+                    "every copy of {IMAGE} is all zeros and unallocated: the suite wrote \
+                     nothing, so comparing the copies proves nothing"
+                );
+            }
+            return Ok(format!(
+                "copies identical ({} MiB, all zeros, at least {} MiB of it written)",
+                bytes >> 20,
+                allocated >> 20
+            ));
         }
         Ok(format!(
             "copies identical ({} MiB, {data} MiB of it not zero)",

@@ -89,7 +89,7 @@ impl Expectations {
     pub fn to_toml(&self, origin: &str, regenerate: &str) -> Result<String, ExpectationsError> {
         let count = |o| self.tests.values().filter(|&&v| v == o).count();
         let header = format!(
-            "# Expected outcome of each libiscsi iscsi-test-cu test (-d -S -t ALL, two portals; ReadOnlySBC on a read-only LUN).\n\
+            "# Expected outcome of each libiscsi iscsi-test-cu test (-d -S -t ALL, two portals; libiscsi::EXTRA_TESTS again alone).\n\
              # Blessed from: {origin}\n\
              # {} pass, {} skip, {} fail. Regenerate with:\n\
              #   {regenerate}\n\

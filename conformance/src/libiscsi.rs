@@ -1,9 +1,10 @@
 //! The libiscsi suite: `iscsi-test-cu -d -S -t ALL URL URL2` against a
 //! fresh target, scored against the committed expectations. `-S` allows the
 //! SANITIZE tests; URL2 is the same LUN through a second portal, which the
-//! MultipathIO tests use. ReadOnly.ReadOnlySBC skips on a writable LUN, so
-//! it runs a second time, alone, against the read-only LUN of
-//! [`crate::target::READONLY_IQN`], and that outcome replaces the first.
+//! MultipathIO tests use. The tests that skip on the main LUN because they
+//! need another configuration ([`EXTRA_TESTS`]: a read-only LUN, physical
+//! blocks larger than logical ones) run again, each alone, against such a
+//! LUN of the same process, and those outcomes replace the first ones.
 //!
 //! Owns the command line (both initiator names, `--dataloss`), the log files
 //! it leaves in the log dir, and the verdict. Parsing lives in
@@ -20,7 +21,7 @@ use crate::cunit::{self, Outcome};
 use crate::expectations::Expectations;
 use crate::proc;
 use crate::report::SuiteResult;
-use crate::target::{RunningTarget, Setup, TargetKind};
+use crate::target::{ExtraLun, RunningTarget, Setup, TargetKind};
 use anyhow::{Context, Result};
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -94,40 +95,28 @@ pub fn run(kind: &TargetKind, opts: &Options) -> Result<SuiteResult> {
         cmd.arg(&url2);
     }
     let mut out = proc::run(&mut cmd, opts.timeout, None)?;
-    // ReadOnly.ReadOnlySBC against the read-only LUN; its output is kept
-    // after the main run's.
-    let readonly = match target.readonly_url() {
-        Some(ro) if !out.timed_out => {
-            println!("{tag}: iscsi-test-cu -d -t {READONLY_TEST} {ro}");
-            let mut cmd = Command::new("iscsi-test-cu");
-            cmd.args([
-                "-d",
-                "-t",
-                READONLY_TEST,
-                "-i",
-                INITIATOR_1,
-                "-I",
-                INITIATOR_2,
-            ])
-            .arg(&ro);
-            let ro_out = proc::run(&mut cmd, opts.timeout, None)?;
-            out.timed_out |= ro_out.timed_out;
-            out.stderr.push_str(&ro_out.stderr);
-            Some(ro_out.stdout)
+    // The tests that skip on the main LUN, each against a LUN configured
+    // as it needs; their output is kept after the main run's.
+    let mut extra = Vec::new();
+    for (test, lun_url) in target.extra_runs(EXTRA_TESTS) {
+        if out.timed_out {
+            break;
         }
-        _ => None,
-    };
+        println!("{tag}: iscsi-test-cu -d -S -t {test} {lun_url}");
+        let mut cmd = Command::new("iscsi-test-cu");
+        cmd.args(["-d", "-S", "-t", test, "-i", INITIATOR_1, "-I", INITIATOR_2])
+            .arg(&lun_url);
+        let run = proc::run(&mut cmd, opts.timeout, None)?;
+        out.timed_out |= run.timed_out;
+        out.stderr.push_str(&run.stderr);
+        extra.push(run.stdout);
+    }
     std::fs::create_dir_all(&opts.log_dir)
         .with_context(|| format!("creating {}", opts.log_dir.display()))?;
     let log = opts.log_dir.join(format!("libiscsi-{}.log", kind.name()));
     std::fs::write(
         &log,
-        format!(
-            "{}{}{}",
-            out.stdout,
-            readonly.as_deref().unwrap_or_default(),
-            out.stderr
-        ),
+        format!("{}{}{}", out.stdout, extra.concat(), out.stderr),
     )?;
     println!(
         "{tag}: finished in {:.0}s ({}), raw output in {}",
@@ -163,8 +152,8 @@ pub fn run(kind: &TargetKind, opts: &Options) -> Result<SuiteResult> {
     }
 
     let parsed = cunit::parse(&out.stdout).and_then(|mut r| {
-        if let Some(ro) = &readonly {
-            merge(&mut r, cunit::parse(ro)?);
+        for run in &extra {
+            merge(&mut r, cunit::parse(run)?);
         }
         Ok(r)
     });
@@ -252,8 +241,30 @@ pub fn run(kind: &TargetKind, opts: &Options) -> Result<SuiteResult> {
     Ok(result)
 }
 
-/// The test that needs a read-only LUN.
-const READONLY_TEST: &str = "ALL.ReadOnly.ReadOnlySBC";
+/// The tests that skip on the main LUN and run again, alone, against a LUN
+/// configured as they need ([`RunningTarget::extra_runs`]): a read-only
+/// LUN, and LUNs with more than one logical block per physical block
+/// (`CHECK_FOR_LBPPB_GT_1`). GetLBAStatus.UnmapSingle stays on the main
+/// LUN: with LBPPB > 1 it expects GET LBA STATUS at LBA i + 1 to describe
+/// LBA i + LBPPB first, which SBC-4 5.8.2 forbids.
+///
+/// Sanitize.Reset runs again alone on the main LUN. In the full run it
+/// follows Sanitize.Reservations, which (libiscsi 1.19) leaves its second
+/// initiator's RESERVE(6) in place, so Reset's SANITIZE is, rightly, a
+/// RESERVATION CONFLICT and never starts. Alone, it shows what it tests: a
+/// SANITIZE that outlives ABORT TASK, the resets and a reconnect.
+pub const EXTRA_TESTS: &[(&str, ExtraLun)] = &[
+    ("ALL.Sanitize.Reset", ExtraLun::Main),
+    ("ALL.ReadOnly.ReadOnlySBC", ExtraLun::ReadOnly),
+    ("ALL.WriteSame10.UnmapUnaligned", ExtraLun::Emulated512),
+    ("ALL.WriteSame16.UnmapUnaligned", ExtraLun::Emulated512),
+    ("ALL.WriteSame10.InvalidDataOutSize", ExtraLun::Emulated512),
+    ("ALL.WriteSame16.InvalidDataOutSize", ExtraLun::Emulated512),
+    (
+        "ALL.CompareAndWrite.InvalidDataOutSize",
+        ExtraLun::Emulated512,
+    ),
+];
 
 /// The outcomes of `extra` (a run of some tests alone) replace those of the
 /// same tests in `main`; its failures count in the totals.

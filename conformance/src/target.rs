@@ -40,6 +40,21 @@ pub const MIRRORED_IQN: &str = "iqn.2026-11.io.locus:mirrored";
 /// config file: LUN 0 is a small read-only LUN (`read_only = true`), for
 /// libiscsi's ReadOnly tests, which skip on a writable LUN.
 pub const READONLY_IQN: &str = "iqn.2026-11.io.locus:readonly";
+/// A third target of the same config: LUN 0 is a small "512e" LUN, 512-byte
+/// logical blocks on 4096-byte physical ones (`physical_block_size = 4096`,
+/// LBPPB 8), for the libiscsi tests that skip unless LBPPB > 1.
+pub const EMULATED512_IQN: &str = "iqn.2026-11.io.locus:512e";
+
+/// The LUN an extra libiscsi run needs ([`crate::libiscsi::EXTRA_TESTS`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExtraLun {
+    /// The main LUN ([`RunningTarget::url`]).
+    Main,
+    /// [`READONLY_IQN`] LUN 0.
+    ReadOnly,
+    /// [`EMULATED512_IQN`] LUN 0.
+    Emulated512,
+}
 /// The LUN size every kind of target serves: 1 GiB.
 pub const LUN_BYTES: u64 = 1 << 30;
 /// The logical block size of the local LUN (locusd's config default,
@@ -145,8 +160,16 @@ impl TargetKind {
 
 /// The TOML config of locusd (and of a mirrored cluster's nodes): the
 /// default target as locusd defines it without a file (LUN 0, 1 GiB),
-/// with one-way CHAP when `chap` is given, and [`READONLY_IQN`], whose
-/// LUN 0 is a 64 MiB read-only LUN.
+/// with one-way CHAP when `chap` is given, [`READONLY_IQN`], whose LUN 0 is
+/// a 64 MiB read-only LUN, and [`EMULATED512_IQN`], whose LUN 0 is a 64 MiB
+/// LUN with 4096-byte physical blocks.
+///
+/// The keepalive allows 90 s without an answer (the default is 30 s):
+/// iscsi-test-cu is single-threaded and answers no NOP-In while a test
+/// sleeps, and Sanitize.Reset sleeps 60 s while a session is open. With the
+/// default the session is dropped, libiscsi logs in again, and the new I_T
+/// nexus's POWER ON unit attention makes the test's wait loop go round
+/// forever (a new session every minute).
 ///
 /// Kept in one place so the format can follow locusd's config as it settles
 /// (README of iscsi-target documents the real format).
@@ -160,8 +183,9 @@ pub fn locusd_config(chap: Option<&Chap>) -> String {
         })
         .unwrap_or_default();
     format!(
-        "[[target]]\nname = \"{DEFAULT_IQN}\"\n{chap}\n[[target.lun]]\nid = 0\nsize = \"1G\"\n\n\
-         [[target]]\nname = \"{READONLY_IQN}\"\n{chap}\n[[target.lun]]\nid = 0\nsize = \"64M\"\nread_only = true\n"
+        "nop_timeout_secs = 90\n\n[[target]]\nname = \"{DEFAULT_IQN}\"\n{chap}\n[[target.lun]]\nid = 0\nsize = \"1G\"\n\n\
+         [[target]]\nname = \"{READONLY_IQN}\"\n{chap}\n[[target.lun]]\nid = 0\nsize = \"64M\"\nread_only = true\n\n\
+         [[target]]\nname = \"{EMULATED512_IQN}\"\n{chap}\n[[target.lun]]\nid = 0\nsize = \"64M\"\nphysical_block_size = 4096\n"
     )
 }
 
@@ -603,12 +627,25 @@ impl RunningTarget {
             .map(|a| format!("iscsi://{a}/{}/{}", self.iqn(), self.lun()))
     }
 
-    /// The read-only LUN ([`READONLY_IQN`] LUN 0) of the process serving
-    /// the disk; `None` for tgtd.
-    pub fn readonly_url(&self) -> Option<String> {
-        self.kind
-            .is_locusd()
-            .then(|| format!("iscsi://{}/{READONLY_IQN}/0", self.addr))
+    /// Each of `tests` with the URL of the LUN it needs, served by the
+    /// process serving the disk from its config file; none for tgtd.
+    pub fn extra_runs(&self, tests: &[(&'static str, ExtraLun)]) -> Vec<(&'static str, String)> {
+        if !self.kind.is_locusd() {
+            return Vec::new();
+        }
+        tests
+            .iter()
+            .map(|&(test, lun)| {
+                let url = match lun {
+                    ExtraLun::Main => self.url(),
+                    ExtraLun::ReadOnly => format!("iscsi://{}/{READONLY_IQN}/0", self.addr),
+                    ExtraLun::Emulated512 => {
+                        format!("iscsi://{}/{EMULATED512_IQN}/0", self.addr)
+                    }
+                };
+                (test, url)
+            })
+            .collect()
     }
 
     /// The PID of the process serving the disk, while it runs.
