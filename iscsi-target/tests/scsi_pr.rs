@@ -1,10 +1,12 @@
 //! Persistent reservations with two nexuses, persistence across a reload,
 //! and RESERVE/RELEASE(6).
 
+mod gated;
 mod scsi_util;
 use std::sync::Arc;
 
 use drbd_like_sync::storage::MemoryBackend;
+use gated::GatedWrites;
 use iscsi_target::scsi::{LogicalUnit, LunConfig, ScsiTarget};
 use scsi_util::*;
 
@@ -269,71 +271,11 @@ async fn reserve6_release6_and_nexus_loss() {
 const PREEMPT_AND_ABORT: u8 = 5;
 const REGISTER_AND_MOVE: u8 = 7;
 
-/// A memory backend whose writes wait until the test releases them, and
-/// report when one has arrived: a write "in flight" without sleeps.
-struct GatedWrites {
-    inner: MemoryBackend,
-    arrived: tokio::sync::mpsc::UnboundedSender<()>,
-    gate: tokio::sync::Semaphore,
-}
-
-#[async_trait::async_trait]
-impl drbd_like_sync::storage::BlockBackend for GatedWrites {
-    fn size(&self) -> u64 {
-        self.inner.size()
-    }
-    fn engine_name(&self) -> &'static str {
-        "gated"
-    }
-    async fn read(
-        &self,
-        offset: u64,
-        len: usize,
-    ) -> Result<bytes::Bytes, drbd_like_sync::storage::StorageError> {
-        self.inner.read(offset, len).await
-    }
-    async fn write(
-        &self,
-        offset: u64,
-        data: bytes::Bytes,
-        fua: bool,
-    ) -> Result<(), drbd_like_sync::storage::StorageError> {
-        let _ = self.arrived.send(());
-        self.gate.acquire().await.expect("gate open").forget();
-        self.inner.write(offset, data, fua).await
-    }
-    async fn flush(&self) -> Result<(), drbd_like_sync::storage::StorageError> {
-        self.inner.flush().await
-    }
-    async fn discard(&self, o: u64, l: u64) -> Result<(), drbd_like_sync::storage::StorageError> {
-        self.inner.discard(o, l).await
-    }
-    async fn write_zeroes(
-        &self,
-        o: u64,
-        l: u64,
-        unmap: bool,
-    ) -> Result<(), drbd_like_sync::storage::StorageError> {
-        self.inner.write_zeroes(o, l, unmap).await
-    }
-    async fn allocation(
-        &self,
-        o: u64,
-    ) -> Result<(bool, u64), drbd_like_sync::storage::StorageError> {
-        self.inner.allocation(o).await
-    }
-}
-
 /// a holds a Registrants Only reservation, b (registered) has a write in
 /// flight, and a preempts b's key with `service_action`. Returns the status
 /// b's write ends with, and what b's next command gets.
 async fn preempt_during_a_write(service_action: u8) -> (u8, iscsi_target::scsi::ScsiResponse) {
-    let (arrived, mut arrivals) = tokio::sync::mpsc::unbounded_channel();
-    let backend = Arc::new(GatedWrites {
-        inner: MemoryBackend::new(BLOCKS * 512),
-        arrived,
-        gate: tokio::sync::Semaphore::new(0),
-    });
+    let backend = Arc::new(GatedWrites::new(BLOCKS * 512, None));
     let t = Arc::new(ScsiTarget::new("iqn.2024-01.test:target"));
     let lu = LogicalUnit::new(LunConfig::new("SERPA01"), backend.clone()).unwrap();
     t.add_lun(0, Arc::new(lu));
@@ -345,14 +287,10 @@ async fn preempt_during_a_write(service_action: u8) -> (u8, iscsi_target::scsi::
         let (t, b) = (t.clone(), b.clone());
         tokio::spawn(async move { exec(&t, &b, &write10(8, 1, false), 512, &[7; 512]).await })
     };
-    arrivals
-        .recv()
-        .await
-        .expect("b's write reached the backend");
+    backend.reached().await;
     good(&prout(&t, &a, service_action, WE_RO, 0xa, 0xb).await);
-    backend.gate.add_permits(1);
+    backend.open();
     let status = writer.await.expect("writer task").status.0;
-    backend.gate.add_permits(16);
     let next = exec(&t, &b, &write10(8, 1, false), 512, &[8; 512]).await;
     (status, next)
 }

@@ -5,65 +5,27 @@
 //! a gated backend holds until the test releases it; no timing is involved.
 
 mod common;
+mod gated;
 
 use std::sync::Arc;
 
 use bytes::Bytes;
 use common::*;
-use drbd_like_sync::storage::{BlockBackend, MemoryBackend, StorageError};
+use gated::GatedWrites;
 use iscsi_target::daemon::config::Config;
 use iscsi_target::pdu::{Bhs, Itt, Pdu, TaskAttr};
 use iscsi_target::scsi::{LogicalUnit, LunConfig};
 use iscsi_target::session::TargetLookup;
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Notify, Semaphore};
+use tokio::sync::watch;
 
 /// Writes to this LBA wait until the test opens the gate.
 const GATED_LBA: u32 = 7;
 
-/// A memory backend whose writes at [`GATED_LBA`] wait for the test.
-struct Gated {
-    inner: MemoryBackend,
-    reached: Notify,
-    open: Semaphore,
-}
-
-#[async_trait::async_trait]
-impl BlockBackend for Gated {
-    fn size(&self) -> u64 {
-        self.inner.size()
-    }
-    fn engine_name(&self) -> &'static str {
-        "gated"
-    }
-    async fn read(&self, offset: u64, len: usize) -> Result<Bytes, StorageError> {
-        self.inner.read(offset, len).await
-    }
-    async fn write(&self, offset: u64, data: Bytes, fua: bool) -> Result<(), StorageError> {
-        if offset == u64::from(GATED_LBA) * 512 {
-            self.reached.notify_one();
-            let _open = self.open.acquire().await;
-        }
-        self.inner.write(offset, data, fua).await
-    }
-    async fn flush(&self) -> Result<(), StorageError> {
-        self.inner.flush().await
-    }
-    async fn discard(&self, offset: u64, len: u64) -> Result<(), StorageError> {
-        self.inner.discard(offset, len).await
-    }
-    async fn write_zeroes(&self, offset: u64, len: u64, unmap: bool) -> Result<(), StorageError> {
-        self.inner.write_zeroes(offset, len, unmap).await
-    }
-    async fn allocation(&self, offset: u64) -> Result<(bool, u64), StorageError> {
-        self.inner.allocation(offset).await
-    }
-}
-
-/// The default target with LUN 0 on a [`Gated`] backend.
+/// The default target with LUN 0 on a [`GatedWrites`] backend.
 struct GatedDaemon {
     addr: std::net::SocketAddr,
-    backend: Arc<Gated>,
+    backend: Arc<GatedWrites>,
     _dir: tempfile::TempDir,
     shutdown: watch::Sender<bool>,
 }
@@ -79,11 +41,7 @@ impl GatedDaemon {
         cfg.listen = vec![addr];
         let targets = iscsi_target::daemon::build_targets(&cfg, std::slice::from_ref(&listener))
             .expect("targets build");
-        let backend = Arc::new(Gated {
-            inner: MemoryBackend::new(16 << 20),
-            reached: Notify::new(),
-            open: Semaphore::new(0),
-        });
+        let backend = Arc::new(GatedWrites::new(16 << 20, Some(u64::from(GATED_LBA) * 512)));
         let lu = LogicalUnit::new(LunConfig::new("GATED"), backend.clone()).expect("LU");
         targets
             .scsi_target(TARGET)
@@ -172,7 +130,7 @@ async fn ordered_waits_for_an_earlier_command_from_another_session() {
     // A: a SIMPLE write that the backend holds.
     let write = a.scsi_command(&write10(GATED_LBA), 512, false, true, vec![3u8; 512].into());
     a.send(&write).await;
-    d.backend.reached.notified().await;
+    d.backend.reached().await;
 
     // B: an ORDERED command arrives after it. As SIMPLE it would finish at
     // once; ORDERED, it must wait for A's write.
@@ -192,7 +150,7 @@ async fn ordered_waits_for_an_earlier_command_from_another_session() {
     assert_eq!(scsi_status(&p), (0, None));
 
     // The write ends; then the ORDERED command runs.
-    d.backend.open.add_permits(1);
+    d.backend.open();
     let p = a.recv().await.expect("write response");
     assert_eq!(scsi_status(&p), (0, None), "the write completed");
     let p = b.recv().await.expect("ORDERED response");
@@ -215,7 +173,7 @@ async fn a_simple_command_after_an_ordered_one_waits_for_it() {
     c.attr = TaskAttr::Ordered;
     let write_itt = c.itt;
     a.send(&write).await;
-    d.backend.reached.notified().await;
+    d.backend.reached().await;
     let (simple, simple_itt) = tur(&mut a, TaskAttr::Simple);
     a.send(&simple).await;
     let early = sent_before_ping(&mut a).await;
@@ -223,7 +181,7 @@ async fn a_simple_command_after_an_ordered_one_waits_for_it() {
         early.is_empty(),
         "SIMPLE passed the ORDERED write: {early:?}"
     );
-    d.backend.open.add_permits(1);
+    d.backend.open();
     let first = a.recv().await.expect("response");
     let second = a.recv().await.expect("response");
     assert_eq!(
