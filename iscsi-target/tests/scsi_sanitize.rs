@@ -119,7 +119,10 @@ async fn block_erase_deallocates_and_crypto_erase_is_refused() {
 /// NOT READY, SANITIZE IN PROGRESS.
 #[tokio::test]
 async fn sanitize_outlives_its_command_and_holds_off_other_commands() {
-    let t = target();
+    // Unpaced: the wait below counts yields of this runtime, not time.
+    let mut cfg = LunConfig::new("SER0001");
+    cfg.sanitize_rate = 0;
+    let t = target_with(cfg);
     let n = nexus(1);
     write_blocks(&t, &n, 0, &pattern(7, 4096)).await;
     let p = overwrite_params(&[0x5a]);
