@@ -13,6 +13,8 @@ pub enum DocKind {
     Target,
     /// [`crate::stats::ImageStats`], keyed by image name.
     Stats,
+    /// [`crate::sync::SyncJob`], keyed by image name.
+    Sync,
 }
 
 impl DocKind {
@@ -22,6 +24,7 @@ impl DocKind {
             DocKind::Node => "nodes",
             DocKind::Target => "targets",
             DocKind::Stats => "stats",
+            DocKind::Sync => "sync",
         }
     }
 }

@@ -111,6 +111,15 @@ pub struct Image {
     /// whatever `hypervisors` says.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub writer: Option<NodeId>,
+    /// Background resync (`locus image set --auto-sync`): when a location
+    /// with out-of-sync copies is up, the lease holder resyncs it at the
+    /// default rate. On unless an operator turned it off.
+    #[serde(default = "default_auto_sync")]
+    pub auto_sync: bool,
+}
+
+fn default_auto_sync() -> bool {
+    true
 }
 
 impl Image {
@@ -174,6 +183,7 @@ impl Image {
             hypervisors: spec.hypervisors.iter().cloned().collect(),
             generation: 0,
             writer: None,
+            auto_sync: true,
         })
     }
 

@@ -23,6 +23,7 @@ pub mod placement;
 pub mod record;
 pub mod stats;
 pub mod store;
+pub mod sync;
 pub mod target;
 pub mod types;
 pub mod writer;

@@ -207,7 +207,7 @@ pub async fn create_image(store: &dyn MetadataStore, spec: &ImageSpec) -> Result
 
 /// Destroys an image; refused while a target serves it unless `force`
 /// (then its LUNs are removed from those targets first). Its statistics go
-/// with it. A LUN added concurrently with the destroy may be left pointing
+/// and its sync job go with it. A LUN added concurrently with the destroy may be left pointing
 /// at the missing image; the target daemon reports such a LUN as an error.
 pub async fn destroy_image(store: &dyn MetadataStore, name: &ImageName, force: bool) -> Result<()> {
     let rec = store.load_image(name).await?;
@@ -238,10 +238,12 @@ pub async fn destroy_image(store: &dyn MetadataStore, name: &ImageName, force: b
     let mut version = rec.version;
     for _ in 0..MAX_RETRIES {
         if store.delete_image(name, version).await? {
-            if let Some(v) = store.get_doc(DocKind::Stats, name.as_str()).await? {
-                store
-                    .put_doc(DocKind::Stats, name.as_str(), Some(v.version), None)
-                    .await?;
+            for kind in [DocKind::Stats, DocKind::Sync] {
+                if let Some(v) = store.get_doc(kind, name.as_str()).await? {
+                    store
+                        .put_doc(kind, name.as_str(), Some(v.version), None)
+                        .await?;
+                }
             }
             return Ok(());
         }
@@ -317,6 +319,67 @@ pub async fn mark_bytes(
             .await?
             .0,
     )
+}
+
+/// Starts a resync of `node`'s copies of `range` (see
+/// [`ImageRecord::begin_sync`]): whole out-of-sync blocks get their dirty
+/// bits set and go to syncing, in one commit. Returns the committed record.
+pub async fn begin_sync(
+    store: &dyn MetadataStore,
+    name: &ImageName,
+    node: &NodeId,
+    range: BlockRange,
+) -> Result<ImageRecord> {
+    Ok(update_image(store, name, |r| r.begin_sync(node, range))
+        .await?
+        .0)
+}
+
+/// Ends a resync of `node`'s copies of `range` (see
+/// [`ImageRecord::finish_sync`]); returns the record and the blocks that
+/// went to in-sync.
+pub async fn finish_sync(
+    store: &dyn MetadataStore,
+    name: &ImageName,
+    node: &NodeId,
+    range: BlockRange,
+) -> Result<(ImageRecord, Vec<BlockRange>)> {
+    update_image(store, name, |r| r.finish_sync(node, range)).await
+}
+
+/// Turns the background resync of an image on or off.
+pub async fn set_auto_sync(
+    store: &dyn MetadataStore,
+    name: &ImageName,
+    on: bool,
+) -> Result<ImageRecord> {
+    Ok(update_image(store, name, |r| {
+        r.image.auto_sync = on;
+        Ok(())
+    })
+    .await?
+    .0)
+}
+
+/// The sync or verify job of an image and its document version, if any.
+pub async fn sync_job(
+    store: &dyn MetadataStore,
+    name: &ImageName,
+) -> Result<Option<(u64, crate::sync::SyncJob)>> {
+    get_typed(store, DocKind::Sync, name.as_str()).await
+}
+
+/// Writes the job of an image iff its document is still at `expected`
+/// (`None`: absent). `Ok(false)` when someone changed it meanwhile.
+pub async fn put_sync_job(
+    store: &dyn MetadataStore,
+    name: &ImageName,
+    expected: Option<u64>,
+    job: &crate::sync::SyncJob,
+) -> Result<bool> {
+    store
+        .put_doc(DocKind::Sync, name.as_str(), expected, Some(to_json(job)?))
+        .await
 }
 
 /// Bumps and returns the fencing generation through a record commit (an

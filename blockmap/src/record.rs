@@ -289,6 +289,102 @@ impl ImageRecord {
         Ok(())
     }
 
+    /// Starts a resync of `node`'s copies of `range` (invariant 6,
+    /// ARCHITECTURE.md): every block where the copy is out-of-sync as a
+    /// whole gets all its dirty bits set and goes to syncing, in this one
+    /// change. From then on the bitmap is the resync's progress: bits clear
+    /// as copied ranges land, and a resync that stops resumes from them.
+    /// Blocks already syncing (an interrupted resync) or in sync are left
+    /// as they are. Returns the blocks that went to syncing.
+    pub fn begin_sync(&mut self, node: &NodeId, range: BlockRange) -> Result<Vec<BlockRange>> {
+        self.check_range(range)?;
+        self.require_location(range, node)?;
+        let mut stale = Vec::new();
+        for (r, locs) in self.placement.clipped(range) {
+            if locs.get(node) == Some(&SyncState::OutOfSync) {
+                push_range(&mut stale, r);
+            }
+        }
+        for r in &stale {
+            let first = self.bits_of_block(r.start.0).0;
+            let last = self.bits_of_block(r.end.0 - 1).1;
+            self.dirty
+                .entry(node.clone())
+                .or_default()
+                .set_range(first, last, true);
+            self.set_sync_state(node, *r, SyncState::Syncing)?;
+        }
+        Ok(stale)
+    }
+
+    /// Ends a resync of `node`'s copies of `range`: every syncing block
+    /// whose dirty bits are all clear goes to in-sync (the checked
+    /// transition); blocks with bits left stay syncing. Returns the blocks
+    /// that went to in-sync.
+    pub fn finish_sync(&mut self, node: &NodeId, range: BlockRange) -> Result<Vec<BlockRange>> {
+        self.check_range(range)?;
+        self.require_location(range, node)?;
+        let mut done = Vec::new();
+        for (r, locs) in self.placement.clipped(range) {
+            if locs.get(node) != Some(&SyncState::Syncing) {
+                continue;
+            }
+            for b in r.start.0..r.end.0 {
+                let (f, l) = self.bits_of_block(b);
+                if !self.dirty.get(node).is_some_and(|bm| bm.any_in(f, l)) {
+                    push_block(&mut done, b);
+                }
+            }
+        }
+        for r in &done {
+            self.set_sync_state(node, *r, SyncState::InSync)?;
+        }
+        Ok(done)
+    }
+
+    /// The bits `[first, last)` a resync of `node`'s copies of `range` must
+    /// copy: the set dirty bits, and every bit of a block where the copy is
+    /// out-of-sync as a whole. Empty where `node` is not a location.
+    pub fn sync_bits(&self, node: &NodeId, range: BlockRange) -> Vec<(u64, u64)> {
+        let mut out: Vec<(u64, u64)> = Vec::new();
+        let mut push = |f: u64, l: u64| match out.last_mut() {
+            Some(last) if last.1 == f => last.1 = l,
+            _ => out.push((f, l)),
+        };
+        let bm = self.dirty.get(node);
+        for (r, locs) in self.placement.clipped(range) {
+            let Some(state) = locs.get(node) else {
+                continue;
+            };
+            let first = self.bits_of_block(r.start.0).0;
+            let last = self.bits_of_block(r.end.0 - 1).1;
+            if *state == SyncState::OutOfSync {
+                push(first, last);
+                continue;
+            }
+            let Some(bm) = bm else { continue };
+            let mut i = first;
+            let bytes = bm.as_bytes();
+            while i < last {
+                // Whole clean bytes at a time: most of a bitmap is clean.
+                if i.is_multiple_of(8) && bytes.get((i / 8) as usize).is_none_or(|b| *b == 0) {
+                    i += 8;
+                    continue;
+                }
+                if !bm.get(i) {
+                    i += 1;
+                    continue;
+                }
+                let s = i;
+                while i < last && bm.get(i) {
+                    i += 1;
+                }
+                push(s, i.min(last));
+            }
+        }
+        out
+    }
+
     /// Marks (`dirty = true`) or clears the bytes `[offset, offset + len)` of
     /// `node`'s copy as out of sync in its dirty bitmap (invariant 1, ARCHITECTURE.md:
     /// a failed mirror write is recorded here before status goes out).

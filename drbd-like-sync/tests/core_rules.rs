@@ -502,3 +502,141 @@ fn reconciliation_marks_unreachable_copies_and_the_old_writers_own() {
     assert!(r.done());
     assert!(plan(&[x(2, &["old", "down"])], &reachable, Some(&n("old"))).is_err());
 }
+
+// ---- invariant 6: resync batches ----------------------------------------
+
+mod resync_rules {
+    use super::n;
+    use drbd_like_sync::core::resync::{
+        batches, dirty_bytes, Batch, BatchCopy, BatchEffect, BatchError, BatchEvent, BatchLimits,
+        BatchState, Pacer, SourcePiece,
+    };
+    use drbd_like_sync::core::{ByteRange, Millis};
+
+    #[test]
+    fn dirty_bits_become_batches_with_one_source_list_each() {
+        // Bits of 4 KiB; the image ends 1 KiB into bit 9.
+        let dirty = dirty_bytes(&[(0, 2), (2, 4), (8, 10)], 4096, 8 * 4096 + 4096 + 1024);
+        assert_eq!(
+            dirty,
+            vec![ByteRange::new(0, 16384), ByteRange::new(32768, 5120)]
+        );
+        // Two parts with different in-sync copies; the second has only the
+        // destination itself: it cannot be copied, and is named.
+        let pieces = vec![
+            (ByteRange::new(0, 32768), vec![n("a"), n("b")]),
+            (ByteRange::new(32768, 5120), vec![n("b")]),
+        ];
+        let limits = BatchLimits { max_span: 8192 };
+        let (got, orphans) = batches(&n("b"), &dirty, &pieces, limits);
+        assert_eq!(
+            got.iter().map(|b| b.range).collect::<Vec<_>>(),
+            vec![ByteRange::new(0, 8192), ByteRange::new(8192, 8192)]
+        );
+        assert!(got.iter().all(|b| b.sources == vec![n("a")]));
+        assert_eq!(orphans, vec![ByteRange::new(32768, 5120)]);
+    }
+
+    fn batch() -> Batch {
+        Batch {
+            dest: n("c"),
+            range: ByteRange::new(0, 8192),
+            sources: vec![n("a"), n("b")],
+        }
+    }
+
+    #[test]
+    fn bits_clear_only_after_the_destination_flushed() {
+        let (mut b, fx) = BatchCopy::start::<bytes::Bytes>(batch());
+        assert_eq!(fx, BatchEffect::Read { from: n("a") });
+        // The first source fails; the second answers with data and a hole.
+        assert_eq!(
+            b.step::<bytes::Bytes>(BatchEvent::SourceFailed("down".into())),
+            BatchEffect::Read { from: n("b") }
+        );
+        let pieces = vec![
+            SourcePiece::Data(0, bytes::Bytes::from(vec![7u8; 4096])),
+            SourcePiece::Hole(ByteRange::new(4096, 4096)),
+        ];
+        assert!(matches!(
+            b.step(BatchEvent::SourceRead(pieces)),
+            BatchEffect::Write(_)
+        ));
+        assert_eq!(b.bytes(), (4096, 4096));
+        // A clear asked for before the flush is a shell bug: refused.
+        let mut early = b.clone();
+        assert_eq!(
+            early.step::<bytes::Bytes>(BatchEvent::Cleared),
+            BatchEffect::Finished
+        );
+        assert!(matches!(
+            early.state(),
+            BatchState::Failed(BatchError::Unexpected { .. })
+        ));
+        assert_eq!(
+            b.step::<bytes::Bytes>(BatchEvent::Written),
+            BatchEffect::Flush
+        );
+        assert_eq!(
+            b.step::<bytes::Bytes>(BatchEvent::Flushed),
+            BatchEffect::Clear
+        );
+        assert_eq!(
+            b.step::<bytes::Bytes>(BatchEvent::Cleared),
+            BatchEffect::Finished
+        );
+        assert_eq!(b.state(), &BatchState::Done);
+    }
+
+    #[test]
+    fn a_failed_batch_keeps_its_bits() {
+        // Pieces that do not tile the range are refused (a short source).
+        let (mut b, _) = BatchCopy::start::<bytes::Bytes>(batch());
+        let short = vec![SourcePiece::Data(0, bytes::Bytes::from(vec![1u8; 100]))];
+        assert_eq!(b.step(BatchEvent::SourceRead(short)), BatchEffect::Finished);
+        assert!(matches!(
+            b.state(),
+            BatchState::Failed(BatchError::NoSource(_))
+        ));
+        // The destination fails its flush: no clear is asked for.
+        let (mut b, _) = BatchCopy::start::<bytes::Bytes>(batch());
+        let hole = vec![SourcePiece::<bytes::Bytes>::Hole(ByteRange::new(0, 8192))];
+        b.step(BatchEvent::SourceRead(hole));
+        b.step::<bytes::Bytes>(BatchEvent::Written);
+        assert_eq!(
+            b.step::<bytes::Bytes>(BatchEvent::DestFailed("ENOSPC".into())),
+            BatchEffect::Finished
+        );
+        assert!(matches!(
+            b.state(),
+            BatchState::Failed(BatchError::Dest { .. })
+        ));
+        // No source at all.
+        let mut none = batch();
+        none.sources.clear();
+        let (b, fx) = BatchCopy::start::<bytes::Bytes>(none);
+        assert_eq!(fx, BatchEffect::Finished);
+        assert!(matches!(
+            b.state(),
+            BatchState::Failed(BatchError::NoSource(_))
+        ));
+    }
+
+    #[test]
+    fn the_pacer_keeps_to_its_rate() {
+        // 1 MB/s: 10 batches of 100 kB take a second, after a 1 s burst.
+        let mut p = Pacer::new(1_000_000);
+        let mut now = Millis(10_000);
+        for _ in 0..10 {
+            now = p.spent(now, 100_000);
+        }
+        assert_eq!(now, Millis(10_000), "the first second is a burst");
+        for _ in 0..10 {
+            now = p.spent(now, 100_000);
+        }
+        assert_eq!(now, Millis(11_000));
+        // Unpaced.
+        let mut u = Pacer::new(0);
+        assert_eq!(u.spent(Millis(5), u64::MAX), Millis(5));
+    }
+}

@@ -230,3 +230,59 @@ fn dirty_bit_ranges_are_checked() -> Result<()> {
     assert!(r.dirty.is_empty());
     Ok(())
 }
+
+/// Resync bookkeeping (invariant 6): a whole out-of-sync copy is turned
+/// into set bits and `syncing` in one change; the bits are the progress;
+/// only blocks whose bits are clear reach in-sync.
+#[test]
+fn a_resync_goes_through_its_bits() {
+    let mut r = rec(ByteSize::mib(16), &["a"]);
+    let (a, b) = (n("a"), n("b"));
+    let bpb = r.image.bits_per_block();
+    let all = r.image.all_blocks();
+    r.add_location(&b, all).unwrap_or_else(|e| panic!("{e}"));
+    // Before it starts, every bit of the new copy must be copied.
+    assert_eq!(r.sync_bits(&b, all), vec![(0, 4 * bpb)]);
+    assert_eq!(r.sync_bits(&a, all), vec![]);
+    let started = r.begin_sync(&b, all).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(started, vec![all]);
+    assert_eq!(r.block_state(BlockIndex(0), &b), Some(SyncState::Syncing));
+    assert_eq!(r.sync_bits(&b, all), vec![(0, 4 * bpb)]);
+    // Blocks 0 and 2 land; block 1 lands half.
+    r.set_dirty_bits(
+        &b,
+        &[(0, bpb), (2 * bpb, 3 * bpb), (bpb, bpb + bpb / 2)],
+        false,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        r.sync_bits(&b, all),
+        vec![(bpb + bpb / 2, 2 * bpb), (3 * bpb, 4 * bpb)]
+    );
+    // Starting again (a resumed resync) changes nothing: the bits stay.
+    assert_eq!(
+        r.begin_sync(&b, all).unwrap_or_else(|e| panic!("{e}")),
+        vec![]
+    );
+    let done = r.finish_sync(&b, all).unwrap_or_else(|e| panic!("{e}"));
+    let blocks: Vec<String> = done.iter().map(|r| r.to_string()).collect();
+    assert_eq!(blocks, vec!["0", "2"]);
+    assert_eq!(r.block_state(BlockIndex(0), &b), Some(SyncState::InSync));
+    assert_eq!(r.block_state(BlockIndex(1), &b), Some(SyncState::Syncing));
+    // A copy in sync with a few dirty bits (a missed write) needs only those.
+    r.set_dirty_bits(&a, &[(5, 7)], true)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.sync_bits(&a, all), vec![(5, 7)]);
+    assert_eq!(
+        r.begin_sync(&a, all).unwrap_or_else(|e| panic!("{e}")),
+        vec![]
+    );
+    assert_eq!(r.block_state(BlockIndex(0), &a), Some(SyncState::OutOfSync));
+    // Not a location: refused, naming it.
+    let e = r.begin_sync(&n("c"), all).err().map(|e| e.to_string());
+    assert!(
+        e.as_deref()
+            .is_some_and(|e| e.contains("'c'") || e.contains(" c ")),
+        "{e:?}"
+    );
+}

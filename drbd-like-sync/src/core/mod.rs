@@ -12,13 +12,16 @@
 //! - [`lease`]: the writer's lease and when it may acknowledge (invariant 4);
 //! - [`fence`]: the storage-side generation gate (invariant 4);
 //! - [`activity_log`]: the write-intent extents (invariant 5);
-//! - [`reconcile`]: the plan a new writer runs before it serves (invariant 5).
+//! - [`reconcile`]: the plan a new writer runs before it serves (invariant 5);
+//! - [`resync`]: batches, the life of one batch copy, and the pace of a
+//!   resync (invariant 6).
 
 pub mod activity_log;
 pub mod fence;
 pub mod lease;
 pub mod read;
 pub mod reconcile;
+pub mod resync;
 pub mod units;
 pub mod write;
 

@@ -12,6 +12,9 @@ use drbd_like_sync::core::read::{ReadChoice, ReadCopy, ReaderPlace};
 use drbd_like_sync::core::reconcile::{
     plan, ExtentCopies, Method, ReconcileEffect, ReconcileEvent, Reconciler, Side,
 };
+use drbd_like_sync::core::resync::{
+    Batch, BatchCopy, BatchEffect, BatchEvent, BatchState, SourcePiece,
+};
 use drbd_like_sync::core::write::{
     AckEvent, AckTracker, BlockView, CopyState, FailReason, LocationView, MarkDirty, Status,
     WritePlan,
@@ -101,6 +104,37 @@ pub enum Msg {
     },
     /// Store -> writer: the renewal outcome.
     Renewed { writer: usize, ok: bool },
+    /// Writer -> source node: read a block for resync batch `id`.
+    SyncRead {
+        writer: usize,
+        node: usize,
+        id: u64,
+        gen: Generation,
+        block: u64,
+    },
+    /// Source node -> writer: the block's stamp, or `None` (refused).
+    SyncData {
+        writer: usize,
+        node: usize,
+        id: u64,
+        stamp: Option<u64>,
+    },
+    /// Writer -> destination node: the copied stamp.
+    SyncWrite {
+        writer: usize,
+        node: usize,
+        id: u64,
+        gen: Generation,
+        block: u64,
+        stamp: u64,
+    },
+    /// Destination node -> writer: the outcome.
+    SyncAck {
+        writer: usize,
+        node: usize,
+        id: u64,
+        ok: bool,
+    },
 }
 
 impl Msg {
@@ -110,6 +144,12 @@ impl Msg {
             Msg::Write { writer, node, .. } => (writer, node, 0),
             Msg::Reply { writer, node, .. } => (writer, node, 1),
             Msg::Renewed { writer, .. } => (writer, usize::MAX, 2),
+            Msg::SyncRead { writer, node, .. } | Msg::SyncWrite { writer, node, .. } => {
+                (writer, node, 0)
+            }
+            Msg::SyncData { writer, node, .. } | Msg::SyncAck { writer, node, .. } => {
+                (writer, node, 1)
+            }
         }
     }
 }
@@ -135,6 +175,17 @@ struct Writer {
     lease: Lease,
     al: ActivityLog,
     writes: BTreeMap<u64, Pending>,
+    /// Resync batches in flight, each holding its block (the range lock).
+    syncs: BTreeMap<u64, SyncBatch>,
+}
+
+/// One resync batch of one block into one destination.
+#[derive(Debug)]
+struct SyncBatch {
+    block: u64,
+    dest: usize,
+    copy: BatchCopy,
+    sent_at: Millis,
 }
 
 #[derive(Debug, Clone)]
@@ -159,6 +210,9 @@ pub enum Op {
     /// the crashed writer's messages are still in flight.
     Failover,
     Read(u8),
+    /// The current writer starts a resync batch of this block into its
+    /// first dirty copy (invariant 6).
+    Sync(u8),
 }
 
 pub struct Sim {
@@ -266,6 +320,7 @@ impl Sim {
                 capacity: 2,
             }),
             writes: BTreeMap::new(),
+            syncs: BTreeMap::new(),
         });
         let _ = self.writers[w].lease.step(LeaseEvent::Acquire, now);
         self.store.generation = self.store.generation.next();
@@ -376,11 +431,17 @@ impl Sim {
         if !self.serving(w) {
             return;
         }
-        // The initiator never overlaps its own writes in this model.
+        // The initiator never overlaps its own writes in this model, and a
+        // write to a block that a resync batch holds waits (here: is not
+        // issued; the range lock of the shell).
         if self.writers[w]
             .writes
             .values()
             .any(|p| p.range.intersect(&range).is_some())
+            || self.writers[w]
+                .syncs
+                .values()
+                .any(|s| (block..end).contains(&s.block))
         {
             return;
         }
@@ -535,6 +596,7 @@ impl Sim {
     /// Fails every copy of writer `w` still outstanding on a write sent at
     /// or before `before` (the writer's I/O timeout).
     fn fail_outstanding(&mut self, w: usize, before: Millis) {
+        self.fail_syncs(w, before);
         let ids: Vec<(u64, Vec<usize>)> = self.writers[w]
             .writes
             .iter()
@@ -552,6 +614,143 @@ impl Sim {
                 );
                 self.feed(w, id, AckEvent::CopyFailed(node_id(n), FailReason::Timeout));
             }
+        }
+    }
+
+    // ---- resync (invariant 6) -------------------------------------------
+
+    /// Writer `w` starts a batch copying block `b` into the first copy that
+    /// is dirty there, from the in-sync copies, holding the block.
+    pub fn start_sync(&mut self, w: usize, b: u64) {
+        if !self.serving(w) {
+            return;
+        }
+        let range = ByteRange::new(b * BLOCK, BLOCK);
+        let held = self.writers[w]
+            .writes
+            .values()
+            .any(|p| p.range.intersect(&range).is_some())
+            || self.writers[w].syncs.values().any(|s| s.block == b);
+        let Some(dest) = (0..NODES).find(|&n| self.store.is_dirty(n, b)) else {
+            return;
+        };
+        if held {
+            return;
+        }
+        let sources = (0..NODES)
+            .filter(|&n| !self.store.is_dirty(n, b))
+            .map(node_id)
+            .collect();
+        let id = self.next_stamp;
+        self.next_stamp += 1;
+        let (copy, fx) = BatchCopy::start::<(u64, u64)>(Batch {
+            dest: node_id(dest),
+            range,
+            sources,
+        });
+        self.writers[w].syncs.insert(
+            id,
+            SyncBatch {
+                block: b,
+                dest,
+                copy,
+                sent_at: self.now,
+            },
+        );
+        self.sync_effect(w, id, fx);
+    }
+
+    /// Performs one effect of batch `id`, feeding back what completes at once.
+    fn sync_effect(&mut self, w: usize, id: u64, mut fx: BatchEffect<(u64, u64)>) {
+        loop {
+            let Some(sb) = self.writers[w].syncs.get(&id) else {
+                return;
+            };
+            let (block, dest) = (sb.block, sb.dest);
+            let gen = self.writers[w].lease.generation().unwrap_or_default();
+            let ev = match fx {
+                BatchEffect::Read { from } => {
+                    self.net.push(Msg::SyncRead {
+                        writer: w,
+                        node: node_ix(&from),
+                        id,
+                        gen,
+                        block,
+                    });
+                    return;
+                }
+                BatchEffect::Write(pieces) => {
+                    let Some(SourcePiece::Data(_, (stamp, _))) = pieces.first() else {
+                        unreachable!("a simulated block is one data piece")
+                    };
+                    self.net.push(Msg::SyncWrite {
+                        writer: w,
+                        node: dest,
+                        id,
+                        gen,
+                        block,
+                        stamp: *stamp,
+                    });
+                    return;
+                }
+                // Simulated disks are stable once written.
+                BatchEffect::Flush => BatchEvent::Flushed,
+                BatchEffect::Clear => {
+                    // Generation-checked, as the store's clear_dirty is.
+                    let current = self.writers[w].lease.generation() == Some(self.store.generation);
+                    if self.store_ok(w) && current {
+                        if let Some(d) = self.store.dirty.get_mut(&dest) {
+                            d.remove(&block);
+                        }
+                        BatchEvent::Cleared
+                    } else {
+                        BatchEvent::ClearFailed("store".into())
+                    }
+                }
+                BatchEffect::Finished => {
+                    // The batch lets go of its block.
+                    self.writers[w].syncs.remove(&id);
+                    return;
+                }
+            };
+            let Some(sb) = self.writers[w].syncs.get_mut(&id) else {
+                return;
+            };
+            fx = sb.copy.step(ev);
+        }
+    }
+
+    /// Feeds an event from the network to batch `id`.
+    fn sync_feed(&mut self, w: usize, id: u64, ev: BatchEvent<(u64, u64)>) {
+        if !self.writers[w].alive {
+            return;
+        }
+        let Some(sb) = self.writers[w].syncs.get_mut(&id) else {
+            return;
+        };
+        let fx = sb.copy.step(ev);
+        if matches!(sb.copy.state(), BatchState::Failed(_) | BatchState::Done) {
+            debug_assert!(matches!(fx, BatchEffect::Finished));
+        }
+        self.sync_effect(w, id, fx);
+    }
+
+    /// Fails the resync batches of writer `w` sent at or before `before`:
+    /// their links are reset (nothing they still carry lands) and their
+    /// blocks are let go, bits still set.
+    fn fail_syncs(&mut self, w: usize, before: Millis) {
+        let late: Vec<u64> = self.writers[w]
+            .syncs
+            .iter()
+            .filter(|(_, s)| s.sent_at <= before)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in late {
+            self.net.retain(|m| {
+                !matches!(*m, Msg::SyncRead { writer, id: i, .. }
+                    | Msg::SyncWrite { writer, id: i, .. } if writer == w && i == id)
+            });
+            self.writers[w].syncs.remove(&id);
         }
     }
 
@@ -609,6 +808,84 @@ impl Sim {
                     AckEvent::CopyFailed(node_id(node), FailReason::Fenced)
                 };
                 self.feed(writer, id, ev);
+            }
+            Msg::SyncRead {
+                writer,
+                node,
+                id,
+                gen,
+                block,
+            } => {
+                if !self.reachable(writer, node) {
+                    return;
+                }
+                let stamp = self.nodes[node]
+                    .admit(gen)
+                    .then(|| self.nodes[node].data[block as usize]);
+                self.net.push(Msg::SyncData {
+                    writer,
+                    node,
+                    id,
+                    stamp,
+                });
+            }
+            Msg::SyncData {
+                writer,
+                node,
+                id,
+                stamp,
+            } => {
+                if self.writers[writer].cut_from.contains(&node) {
+                    return;
+                }
+                let Some(block) = self.writers[writer].syncs.get(&id).map(|s| s.block) else {
+                    return;
+                };
+                let ev = match stamp {
+                    Some(st) => {
+                        BatchEvent::SourceRead(vec![SourcePiece::Data(block * BLOCK, (st, BLOCK))])
+                    }
+                    None => BatchEvent::SourceFailed("fenced".into()),
+                };
+                self.sync_feed(writer, id, ev);
+            }
+            Msg::SyncWrite {
+                writer,
+                node,
+                id,
+                gen,
+                block,
+                stamp,
+            } => {
+                if !self.reachable(writer, node) {
+                    return;
+                }
+                let ok = self.nodes[node].admit(gen);
+                if ok {
+                    self.nodes[node].data[block as usize] = stamp;
+                }
+                self.net.push(Msg::SyncAck {
+                    writer,
+                    node,
+                    id,
+                    ok,
+                });
+            }
+            Msg::SyncAck {
+                writer,
+                node,
+                id,
+                ok,
+            } => {
+                if self.writers[writer].cut_from.contains(&node) {
+                    return;
+                }
+                let ev = if ok {
+                    BatchEvent::Written
+                } else {
+                    BatchEvent::DestFailed("fenced".into())
+                };
+                self.sync_feed(writer, id, ev);
             }
             Msg::Renewed { writer, ok } => {
                 if self.writers[writer].alive {
@@ -760,15 +1037,18 @@ impl Sim {
                 Op::CrashWriter => {
                     self.writers[cur].alive = false;
                     self.writers[cur].writes.clear();
+                    self.writers[cur].syncs.clear();
                 }
                 Op::Takeover => self.takeover(),
                 Op::Failover => {
                     self.writers[cur].alive = false;
                     self.writers[cur].writes.clear();
+                    self.writers[cur].syncs.clear();
                     self.advance(LEASE.ttl.0);
                     self.takeover();
                 }
                 Op::Read(b) => self.check_block(b.into()),
+                Op::Sync(b) => self.start_sync(cur, b.into()),
             }
         }
     }
