@@ -124,6 +124,19 @@ impl ImageRecord {
         }
     }
 
+    /// Refuses (naming the blocks) when `node` is a location of no block
+    /// of `range`; blocks it does not hold are skipped by the caller.
+    fn require_some_location(&self, range: BlockRange, node: &NodeId) -> Result<()> {
+        if self.location_ranges(range, node, true).is_empty() {
+            return Err(Error::NotALocation {
+                image: self.image.name.clone(),
+                node: node.clone(),
+                ranges: RangeList(vec![range]),
+            });
+        }
+        Ok(())
+    }
+
     /// Adds `node` as a location of `range`; its copies start out of sync.
     /// Refuses if it already is a location of any block of the range.
     pub fn add_location(&mut self, node: &NodeId, range: BlockRange) -> Result<()> {
@@ -289,7 +302,7 @@ impl ImageRecord {
         Ok(())
     }
 
-    /// Starts a resync of `node`'s copies of `range` (invariant 6,
+    /// Starts a resync of `node`'s copies in `range` (invariant 6,
     /// ARCHITECTURE.md): every block where the copy is out-of-sync as a
     /// whole gets all its dirty bits set and goes to syncing, in this one
     /// change. From then on the bitmap is the resync's progress: bits clear
@@ -298,7 +311,7 @@ impl ImageRecord {
     /// as they are. Returns the blocks that went to syncing.
     pub fn begin_sync(&mut self, node: &NodeId, range: BlockRange) -> Result<Vec<BlockRange>> {
         self.check_range(range)?;
-        self.require_location(range, node)?;
+        self.require_some_location(range, node)?;
         let mut stale = Vec::new();
         for (r, locs) in self.placement.clipped(range) {
             if locs.get(node) == Some(&SyncState::OutOfSync) {
@@ -323,7 +336,7 @@ impl ImageRecord {
     /// that went to in-sync.
     pub fn finish_sync(&mut self, node: &NodeId, range: BlockRange) -> Result<Vec<BlockRange>> {
         self.check_range(range)?;
-        self.require_location(range, node)?;
+        self.require_some_location(range, node)?;
         let mut done = Vec::new();
         for (r, locs) in self.placement.clipped(range) {
             if locs.get(node) != Some(&SyncState::Syncing) {

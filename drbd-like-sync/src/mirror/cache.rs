@@ -125,15 +125,35 @@ impl PlacementCache {
     }
 
     /// The state of `node`'s copy of `block` for the bytes `r` (inside the
-    /// block): the coarse state first (out-of-sync or syncing is `Dirty`),
-    /// then the dirty bits covering `r` (all set `Dirty`, some set
-    /// `PartlyDirty`).
+    /// block), as a read sees it: the coarse state first (out-of-sync or
+    /// syncing is `Dirty`), then the dirty bits covering `r` (all set
+    /// `Dirty`, some set `PartlyDirty`).
     fn state(rec: &ImageRecord, block: BlockIndex, node: &NodeId, r: ByteRange) -> CopyState {
+        Self::state_as(rec, block, node, r, false)
+    }
+
+    /// [`Self::state`], or with `writing` as a write plan sees it: a
+    /// syncing copy is current wherever its bits are clear (a resync batch
+    /// landed there and cleared them), so it takes the writes there, or it
+    /// would go stale behind the resync (invariant 6). It is still not read
+    /// from until the whole block is in sync.
+    fn state_as(
+        rec: &ImageRecord,
+        block: BlockIndex,
+        node: &NodeId,
+        r: ByteRange,
+        writing: bool,
+    ) -> CopyState {
         let coarse = rec
             .placement
             .locations_of(block)
             .and_then(|l| l.get(node).copied());
-        if coarse != Some(SyncState::InSync) {
+        let current = match coarse {
+            Some(SyncState::InSync) => true,
+            Some(SyncState::Syncing) => writing,
+            _ => false,
+        };
+        if !current {
             return CopyState::Dirty;
         }
         let Some(bm) = rec.dirty.get(node) else {
@@ -163,7 +183,7 @@ impl PlacementCache {
                         l.keys()
                             .map(|n| LocationView {
                                 node: n.clone(),
-                                state: Self::state(&rec, b, n, r),
+                                state: Self::state_as(&rec, b, n, r, true),
                             })
                             .collect()
                     })
@@ -203,6 +223,24 @@ impl PlacementCache {
         out
     }
 
+    /// The nodes that take writes somewhere in `range` (in sync, or
+    /// syncing with clear bits there): the copies a takeover must level or
+    /// mark.
+    pub(crate) fn write_receivers(&self, range: ByteRange) -> BTreeSet<NodeId> {
+        let rec = self.read();
+        let mut out = BTreeSet::new();
+        for (b, r) in Self::pieces(&rec, range) {
+            if let Some(l) = rec.placement.locations_of(b) {
+                for n in l.keys() {
+                    if Self::state_as(&rec, b, n, r, true) != CopyState::Dirty {
+                        out.insert(n.clone());
+                    }
+                }
+            }
+        }
+        out
+    }
+
     /// True when `node` holds an in-sync copy of every byte of `range`.
     pub(crate) fn in_sync(&self, node: &NodeId, range: ByteRange) -> bool {
         let rec = self.read();
@@ -237,7 +275,9 @@ impl PlacementCache {
         let mut out = BTreeSet::new();
         for run in rec.placement.runs() {
             for (n, s) in &run.locations {
-                if *s == SyncState::InSync {
+                // A syncing copy takes writes where its bits are clear, so
+                // it must flush them too (invariant 2).
+                if matches!(*s, SyncState::InSync | SyncState::Syncing) {
                     out.insert(n.clone());
                 }
             }
@@ -262,6 +302,31 @@ impl PlacementCache {
         if let Err(e) = self.write().set_dirty_bits(node, bits, true) {
             tracing::warn!(image = %self.name, %node, error = %e, "cannot apply a mark to the cache");
         }
+    }
+
+    /// Clears `bits` of `node` after the store cleared them at `version`
+    /// (a resync batch landed). Returns once the cache shows them clear:
+    /// applied in place when the cache is at `version - 1`, else by a
+    /// reload (which gives `version` or later). The resync holds the range
+    /// lock meanwhile, so no write plans there with the bits still set.
+    pub(crate) async fn apply_clear(
+        &self,
+        node: &NodeId,
+        bits: &[(u64, u64)],
+        version: u64,
+    ) -> Result<(), blockmap::Error> {
+        {
+            let mut rec = self.write();
+            if version <= rec.version {
+                // The feed got here first (or a reload did).
+                return Ok(());
+            }
+            if version == rec.version + 1 && rec.set_dirty_bits(node, bits, false).is_ok() {
+                rec.version = version;
+                return Ok(());
+            }
+        }
+        self.reload().await
     }
 
     /// Applies one change; returns true when the record must be reloaded.

@@ -14,6 +14,7 @@ use blockmap::types::{ImageName, NodeId};
 use bytes::{Bytes, BytesMut};
 
 use super::peers::Peers;
+use crate::core::resync::SourcePiece;
 use crate::core::write::FailReason;
 use crate::core::{ByteRange, Generation};
 use crate::node::{ClientError, CopyError, ImageCopy};
@@ -167,6 +168,43 @@ impl Local {
         res.map_err(|e| CopyFailure::from_storage(&e))
     }
 
+    /// The data and holes of `range` in the local copy, after the gate
+    /// (a resync batch's source). Data comes in pieces of at most
+    /// [`MAX_PIECE`] bytes.
+    pub(crate) async fn stream(
+        &self,
+        g: Generation,
+        range: ByteRange,
+    ) -> Result<Vec<SourcePiece<Bytes>>, CopyFailure> {
+        let _admitted = self
+            .copy
+            .admit(g)
+            .await
+            .map_err(|e| CopyFailure::from_copy(&e))?;
+        let b = self.copy.backend();
+        let fail = |e: StorageError| CopyFailure::from_storage(&e);
+        let mut out = Vec::new();
+        let mut pos = range.offset;
+        while pos < range.end() {
+            let (mapped, extent) = b.allocation(pos).await.map_err(fail)?;
+            let stop = pos + extent.max(1).min(range.end() - pos);
+            if !mapped {
+                out.push(SourcePiece::Hole(ByteRange::from_bounds(pos, stop)));
+                pos = stop;
+                continue;
+            }
+            while pos < stop {
+                let n = MAX_PIECE.min(stop - pos);
+                out.push(SourcePiece::Data(
+                    pos,
+                    b.read(pos, n as usize).await.map_err(fail)?,
+                ));
+                pos += n;
+            }
+        }
+        Ok(out)
+    }
+
     /// Reads `range` from the local engine, after the gate.
     pub(crate) async fn read(&self, g: Generation, range: ByteRange) -> Result<Bytes, CopyFailure> {
         let _admitted = self
@@ -251,6 +289,72 @@ impl Remote<'_> {
             out.extend_from_slice(&p);
         }
         Ok(out.freeze())
+    }
+
+    /// The data and holes of `range` on `node`, through the protocol's
+    /// `StreamRange` (a resync batch's source), within the timeout.
+    pub(crate) async fn stream(
+        &self,
+        node: &NodeId,
+        range: ByteRange,
+    ) -> Result<Vec<SourcePiece<Bytes>>, CopyFailure> {
+        let mut used = None;
+        let work = async {
+            let client = self
+                .peers
+                .client(node)
+                .await
+                .map_err(CopyFailure::timeout)?;
+            used = Some(Arc::clone(&client));
+            let op = Op::StreamRange {
+                offset: range.offset,
+                len: range.len,
+            };
+            let mut rx = client
+                .start(self.image, self.generation, op)
+                .map_err(|e| CopyFailure::from_client(&e))?;
+            let mut out = Vec::new();
+            loop {
+                match rx.recv().await {
+                    Some(Response::StreamChunk { offset, data, .. }) => {
+                        out.push(SourcePiece::Data(offset, data))
+                    }
+                    Some(Response::StreamHole { offset, len, .. }) => {
+                        out.push(SourcePiece::Hole(ByteRange::new(offset, len)))
+                    }
+                    Some(Response::StreamEnd { .. }) => return Ok(out),
+                    Some(Response::Error(reply)) => {
+                        return Err(CopyFailure::from_client(&ClientError::Remote {
+                            node: node.clone(),
+                            reply,
+                        }))
+                    }
+                    Some(other) => {
+                        return Err(CopyFailure::timeout(format!(
+                            "unexpected answer from {node}: {other:?}"
+                        )))
+                    }
+                    None => {
+                        return Err(CopyFailure::timeout(ClientError::ConnectionLost {
+                            node: node.clone(),
+                        }))
+                    }
+                }
+            }
+        };
+        let res = match tokio::time::timeout(self.timeout, work).await {
+            Ok(r) => r,
+            Err(_) => Err(CopyFailure::timeout(format!(
+                "no answer from {node} within {:?}",
+                self.timeout
+            ))),
+        };
+        if let (Err(f), Some(c)) = (&res, &used) {
+            if f.connection_suspect() {
+                self.peers.forget(node, c).await;
+            }
+        }
+        res
     }
 
     /// Sends every request at once, then collects the answers in order.

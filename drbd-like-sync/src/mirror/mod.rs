@@ -13,7 +13,8 @@
 //! GOOD may go out: the core does.
 //!
 //! Must not know: SCSI or iSCSI (it is a [`BlockBackend`] like any engine),
-//! the wire format (the [`crate::node::PeerClient`] speaks it), resync.
+//! the wire format (the [`crate::node::PeerClient`] speaks it). Resync runs
+//! through the same range lock and cache ([`resync`]).
 //! The lease, the activity log and reconciliation live in the writer shell
 //! ([`writer`]): it opens the mirror with an ack gate and an activity log
 //! that the operation path consults; a bare [`Mirror::open`] has neither,
@@ -48,6 +49,7 @@ mod lease;
 mod ops;
 pub mod peers;
 pub mod range_lock;
+mod resync;
 pub mod stats;
 mod takeover;
 pub mod writer;
@@ -74,6 +76,7 @@ use peers::Peers;
 use range_lock::RangeLock;
 use stats::{Problems, StatsTable};
 
+pub use resync::{DestProgress, ResyncError, ResyncProgress, ResyncRequest};
 pub use stats::{LocationStats, Problem};
 pub use writer::{TakeoverReport, Writer, WriterConfig, WriterError};
 

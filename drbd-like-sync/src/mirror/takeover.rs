@@ -66,7 +66,7 @@ impl Inner {
     }
 
     /// `op` on one copy, local or remote, within the copy timeout.
-    async fn run_on(
+    pub(super) async fn run_on(
         &self,
         node: &NodeId,
         op: &CopyOp,
@@ -119,9 +119,16 @@ impl Inner {
             if any.is_empty() {
                 continue;
             }
-            let (mut in_sync, partly): (Vec<NodeId>, Vec<NodeId>) = any
+            let (mut in_sync, mut partly): (Vec<NodeId>, Vec<NodeId>) = any
                 .into_iter()
                 .partition(|n| pieces.iter().all(|(_, ns)| ns.contains(n)));
+            // A syncing copy took the old writer's writes where its bits
+            // were clear: it is not a source, but it is marked there.
+            for n in self.cache.write_receivers(range) {
+                if !in_sync.contains(&n) && !partly.contains(&n) {
+                    partly.push(n);
+                }
+            }
             in_sync.sort_by_key(|n| *n != self.node);
             out.push(ExtentCopies {
                 extent: ExtentIndex(e),

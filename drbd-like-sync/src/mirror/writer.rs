@@ -361,6 +361,19 @@ impl Writer {
         self.al.hot().into_iter().map(|e| e.0).collect()
     }
 
+    /// Resyncs out-of-sync copies of the image while it serves (invariant
+    /// 6): see [`super::resync`]. `progress` is called after every batch,
+    /// `cancel` looked at between batches. Whatever stops it, the ranges
+    /// that landed stay in sync and the rest stay marked.
+    pub async fn resync(
+        &self,
+        req: &super::ResyncRequest,
+        progress: &mut (dyn FnMut(&super::ResyncProgress) + Send),
+        cancel: &std::sync::atomic::AtomicBool,
+    ) -> Result<super::ResyncProgress, super::ResyncError> {
+        self.mirror.inner.resync(req, progress, cancel).await
+    }
+
     /// Graceful close: flush every copy, stop acknowledging, release the
     /// lease (the generation stays; the next writer's acquire raises it).
     /// The lease is released even if the flush failed (that error is

@@ -46,6 +46,22 @@ pub struct TestNode {
 }
 
 impl TestNode {
+    /// Serves again on the same address, with the same copies (a node
+    /// that comes back after [`TestNode::stop`]).
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        let sn = Arc::new(StorageNode::new(
+            NodeConfig::new(self.id.clone(), secret()),
+            Arc::clone(&self.table),
+        ));
+        let listener = TcpListener::bind(self.addr).await.expect("rebind");
+        let (tx, rx) = watch::channel(false);
+        self.shutdown = tx;
+        self.task = Some(tokio::spawn(node::serve(listener, sn, rx)));
+    }
+}
+
+impl TestNode {
     /// Stops serving: `node::serve` returns (its connections closed) and
     /// its listener is dropped. The copy files stay readable in-process.
     pub async fn stop(&mut self) {

@@ -1,0 +1,388 @@
+//! Resync by the image's writer (invariant 6, ARCHITECTURE.md): the shell
+//! that runs [`crate::core::resync`] batches alongside foreground I/O.
+//!
+//! Owns: turning a request into batches from the cached record (after
+//! [`blockmap::ops::begin_sync`] made whole out-of-sync blocks into set
+//! bits), holding the mirror's range lock over each batch from before the
+//! source is read until the cleared bits are in the placement cache,
+//! performing a batch's effects (stream the source, write and punch the
+//! destination, flush it, `clear_dirty` in the store), the pace, progress
+//! and cancellation, and [`blockmap::ops::finish_sync`] at the end. Decides
+//! nothing the core decides.
+//!
+//! ```text
+//!   begin_sync (store) -> reload cache -> per destination: sync_bits -> batches
+//!   per batch:  pace -> lock range -> BatchCopy: stream source
+//!               -> write / punch dest -> flush dest -> clear_dirty
+//!               -> cache shows the bits clear -> unlock -> progress
+//!   per destination: finish_sync (syncing blocks with clear bits -> in-sync)
+//! ```
+//!
+//! A stop of any kind (error, cancel, lost lease, crash) leaves the bits of
+//! every batch that did not land: the next resync copies only those.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use blockmap::types::{BlockRange, NodeId};
+use bytes::Bytes;
+
+use super::copies::{CopyFailure, CopyOp};
+use super::Inner;
+use crate::core::resync::{
+    batches, dirty_bytes, Batch, BatchCopy, BatchEffect, BatchError, BatchEvent, BatchLimits,
+    BatchState, Pacer, SourcePiece,
+};
+use crate::core::{ByteRange, Millis};
+
+/// What to resync.
+#[derive(Debug, Clone)]
+pub struct ResyncRequest {
+    /// The blocks.
+    pub blocks: BlockRange,
+    /// Only this destination; `None`: every location with something to copy.
+    pub location: Option<NodeId>,
+    /// Bytes per second; 0 is unpaced.
+    pub rate: u64,
+    /// Batch bounds.
+    pub limits: BatchLimits,
+}
+
+/// Bytes one destination received.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DestProgress {
+    /// Data bytes written.
+    pub copied: u64,
+    /// Hole bytes punched.
+    pub holes: u64,
+}
+
+/// Where a resync stands; the last one is its report.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResyncProgress {
+    /// Bytes to cover (dirty bytes over every destination when it started).
+    pub total_bytes: u64,
+    /// Bytes covered (landed and cleared).
+    pub done_bytes: u64,
+    /// Per destination.
+    pub dests: BTreeMap<NodeId, DestProgress>,
+    /// Blocks that reached in-sync at the end, per destination.
+    pub in_sync: BTreeMap<NodeId, Vec<BlockRange>>,
+}
+
+/// Why a resync stopped. Everything that landed before stays in sync.
+#[derive(Debug, thiserror::Error)]
+pub enum ResyncError {
+    /// Some dirty ranges have no in-sync copy to read from; nothing copied.
+    #[error(
+        "image {image}: no in-sync copy to copy from for blocks {blocks} of {node}; \
+         nothing was copied"
+    )]
+    NoSource {
+        /// The image.
+        image: String,
+        /// The destination.
+        node: NodeId,
+        /// The blocks, as an operator reads them.
+        blocks: String,
+    },
+    /// The destination is not a location of the blocks (or unknown).
+    #[error("image {image}: {source}")]
+    Store {
+        /// The image.
+        image: String,
+        /// The store's answer.
+        #[source]
+        source: blockmap::Error,
+    },
+    /// A batch failed; its bits stay set.
+    #[error("image {image}: copying {range} into {dest} failed: {source}")]
+    Batch {
+        /// The image.
+        image: String,
+        /// The destination.
+        dest: NodeId,
+        /// The batch's bytes.
+        range: ByteRange,
+        /// What failed.
+        #[source]
+        source: BatchError,
+    },
+    /// Cancelled by the caller.
+    #[error("image {image}: resync cancelled; what landed stays in sync")]
+    Cancelled {
+        /// The image.
+        image: String,
+    },
+    /// The writer lost its lease (or was fenced): another writer resumes.
+    #[error("image {image}: the writer lost its lease; the next writer resumes the resync")]
+    Lost {
+        /// The image.
+        image: String,
+    },
+}
+
+impl Inner {
+    fn img(&self) -> String {
+        self.cfg.image.to_string()
+    }
+
+    fn store_err(&self) -> impl Fn(blockmap::Error) -> ResyncError + '_ {
+        move |source| ResyncError::Store {
+            image: self.img(),
+            source,
+        }
+    }
+
+    /// Runs `req`: see the module doc. `progress` is called after every
+    /// batch; `cancel` is looked at between batches.
+    pub(crate) async fn resync(
+        self: &Arc<Self>,
+        req: &ResyncRequest,
+        progress: &mut (dyn FnMut(&ResyncProgress) + Send),
+        cancel: &AtomicBool,
+    ) -> Result<ResyncProgress, ResyncError> {
+        let store = Arc::clone(&self.store);
+        let image = self.cfg.image.clone();
+        let rec = self.cache.snapshot();
+        rec.image
+            .block_range(Some(req.blocks.start.0), Some(req.blocks.end.0))
+            .map_err(self.store_err())?;
+        let dests: Vec<NodeId> = match &req.location {
+            Some(n) => vec![n.clone()],
+            None => rec.location_nodes().into_iter().collect(),
+        };
+        // Whole out-of-sync copies become set bits (the resync's progress).
+        for d in &dests {
+            let needs = rec.sync_bits(d, req.blocks);
+            if req.location.is_some() || !needs.is_empty() {
+                blockmap::ops::begin_sync(&*store, &image, d, req.blocks)
+                    .await
+                    .map_err(self.store_err())?;
+            }
+        }
+        self.cache.reload().await.map_err(self.store_err())?;
+        let rec = self.cache.snapshot();
+        let (g, size) = (rec.image.granularity.bytes(), rec.image.size.bytes());
+        let bs = rec.image.block_size.bytes();
+        let blocks_bytes = ByteRange::from_bounds(
+            (req.blocks.start.0 * bs).min(size),
+            (req.blocks.end.0 * bs).min(size),
+        );
+        // Plan every destination first: refuse before copying anything if
+        // some dirty range has nowhere to come from.
+        let mut plan: Vec<(NodeId, Vec<Batch>)> = Vec::new();
+        let mut out = ResyncProgress::default();
+        for d in &dests {
+            let dirty: Vec<ByteRange> = dirty_bytes(&rec.sync_bits(d, req.blocks), g, size)
+                .into_iter()
+                .filter_map(|r| r.intersect(&blocks_bytes))
+                .collect();
+            let mut all = Vec::new();
+            let mut orphans = Vec::new();
+            for r in &dirty {
+                let pieces = self.cache.read_pieces(*r);
+                let (b, o) = batches(d, &[*r], &pieces, req.limits);
+                all.extend(b);
+                orphans.extend(o);
+            }
+            if !orphans.is_empty() {
+                return Err(ResyncError::NoSource {
+                    image: self.img(),
+                    node: d.clone(),
+                    blocks: block_list(&orphans, bs),
+                });
+            }
+            out.total_bytes += all.iter().map(|b| b.range.len).sum::<u64>();
+            out.dests.insert(d.clone(), DestProgress::default());
+            plan.push((d.clone(), all));
+        }
+        progress(&out);
+        let started = Instant::now();
+        let mut pacer = Pacer::new(req.rate);
+        for (dest, list) in plan {
+            for batch in list {
+                if cancel.load(Ordering::Acquire) {
+                    return Err(ResyncError::Cancelled { image: self.img() });
+                }
+                if self.fenced.load(Ordering::Acquire)
+                    || self.hooks.gate.as_ref().is_some_and(|g| !g.may_ack())
+                {
+                    return Err(ResyncError::Lost { image: self.img() });
+                }
+                let range = batch.range;
+                let (data, holes) = self.run_batch(batch).await?;
+                let d = out.dests.entry(dest.clone()).or_default();
+                d.copied += data;
+                d.holes += holes;
+                out.done_bytes += range.len;
+                progress(&out);
+                // Holes cost little of the rate: count them at 1/64.
+                let cost = data + holes / 64;
+                let now = Millis(started.elapsed().as_millis() as u64);
+                let next = pacer.spent(now, cost);
+                if next > now {
+                    tokio::time::sleep(std::time::Duration::from_millis(next.0 - now.0)).await;
+                }
+            }
+            let (_, done) = blockmap::ops::finish_sync(&*store, &image, &dest, req.blocks)
+                .await
+                .map_err(self.store_err())?;
+            out.in_sync.insert(dest, done);
+        }
+        self.cache.reload().await.map_err(self.store_err())?;
+        progress(&out);
+        Ok(out)
+    }
+
+    /// One batch under the range lock; its data and hole bytes.
+    async fn run_batch(self: &Arc<Self>, mut batch: Batch) -> Result<(u64, u64), ResyncError> {
+        let _held = self.lock.lock(batch.range).await;
+        // Sources as they are now, under the lock (a copy may have failed
+        // since the plan was made).
+        let now: Vec<NodeId> = self
+            .cache
+            .read_pieces(batch.range)
+            .into_iter()
+            .map(|(_, ns)| ns)
+            .reduce(|a, b| a.into_iter().filter(|n| b.contains(n)).collect())
+            .unwrap_or_default();
+        batch.sources = now.into_iter().filter(|n| *n != batch.dest).collect();
+        batch.sources.sort_by_key(|n| *n != self.node);
+        let (dest, range) = (batch.dest.clone(), batch.range);
+        let (mut copy, mut fx) = BatchCopy::start::<Bytes>(batch);
+        loop {
+            let ev = match fx {
+                BatchEffect::Read { from } => match self.stream_from(&from, range).await {
+                    Ok(pieces) => BatchEvent::SourceRead(pieces),
+                    Err(f) => {
+                        tracing::warn!(image = %self.cfg.image, %from, reason = %f.message,
+                            "resync source failed");
+                        BatchEvent::SourceFailed(f.message)
+                    }
+                },
+                BatchEffect::Write(pieces) => match self.write_pieces(&dest, pieces).await {
+                    Ok(()) => BatchEvent::Written,
+                    Err(f) => BatchEvent::DestFailed(f.message),
+                },
+                BatchEffect::Flush => match self.run_on(&dest, &CopyOp::Flush, &[]).await {
+                    Ok(()) => BatchEvent::Flushed,
+                    Err(f) => BatchEvent::DestFailed(f.message),
+                },
+                BatchEffect::Clear => match self.clear(&dest, range).await {
+                    Ok(()) => BatchEvent::Cleared,
+                    Err(why) => BatchEvent::ClearFailed(why),
+                },
+                BatchEffect::Finished => break,
+            };
+            fx = copy.step(ev);
+        }
+        match copy.state() {
+            BatchState::Done => Ok(copy.bytes()),
+            BatchState::Failed(e) => Err(ResyncError::Batch {
+                image: self.img(),
+                dest,
+                range,
+                source: e.clone(),
+            }),
+            other => Err(ResyncError::Batch {
+                image: self.img(),
+                dest,
+                range,
+                source: BatchError::Unexpected {
+                    event: "finished",
+                    state: match other {
+                        BatchState::Reading(_) => "reading",
+                        _ => "unfinished",
+                    },
+                },
+            }),
+        }
+    }
+
+    /// The data and holes of `range` on `node`.
+    async fn stream_from(
+        &self,
+        node: &NodeId,
+        range: ByteRange,
+    ) -> Result<Vec<SourcePiece<Bytes>>, CopyFailure> {
+        if *node != self.node {
+            return self.remote().stream(node, range).await;
+        }
+        match &self.local {
+            Some(l) => l.stream(self.cfg.generation, range).await,
+            None => Err(CopyFailure {
+                reason: crate::core::write::FailReason::Io,
+                no_space: false,
+                message: "no local copy".into(),
+            }),
+        }
+    }
+
+    /// Writes data pieces and punches holes on `dest` (no FUA: the batch
+    /// flushes once at the end).
+    async fn write_pieces(
+        &self,
+        dest: &NodeId,
+        pieces: Vec<SourcePiece<Bytes>>,
+    ) -> Result<(), CopyFailure> {
+        for p in pieces {
+            match p {
+                SourcePiece::Data(off, data) => {
+                    let r = ByteRange::new(off, data.len() as u64);
+                    let op = CopyOp::Write {
+                        base: off,
+                        data,
+                        fua: false,
+                    };
+                    self.run_on(dest, &op, &[r]).await?;
+                }
+                SourcePiece::Hole(r) => self.run_on(dest, &CopyOp::Discard, &[r]).await?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Clears `dest`'s bits of `range` in the store (generation-checked),
+    /// then in the cache.
+    async fn clear(&self, dest: &NodeId, range: ByteRange) -> Result<(), String> {
+        let bits = self.cache.bits(&[range]).map_err(|e| e.to_string())?;
+        let call = self
+            .store
+            .clear_dirty(&self.cfg.image, dest, self.cfg.generation.0, &bits);
+        let outcome = match tokio::time::timeout(self.cfg.mark_timeout, call).await {
+            Ok(Ok(o)) => o,
+            Ok(Err(e)) => return Err(e.to_string()),
+            Err(_) => return Err("the metadata store did not answer".into()),
+        };
+        self.cache
+            .apply_clear(dest, &bits, outcome.version)
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// Byte ranges as the blocks they touch ("3-5, 9").
+fn block_list(ranges: &[ByteRange], block_size: u64) -> String {
+    let mut blocks: Vec<(u64, u64)> = Vec::new();
+    for r in ranges {
+        let (f, l) = (r.offset / block_size, (r.end() - 1) / block_size);
+        match blocks.last_mut() {
+            Some(last) if last.1 + 1 >= f => last.1 = last.1.max(l),
+            _ => blocks.push((f, l)),
+        }
+    }
+    blocks
+        .iter()
+        .map(|(f, l)| {
+            if f == l {
+                f.to_string()
+            } else {
+                format!("{f}-{l}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
