@@ -640,3 +640,27 @@ mod resync_rules {
         assert_eq!(u.spent(Millis(5), u64::MAX), Millis(5));
     }
 }
+
+#[test]
+fn verify_keeps_the_majority_and_breaks_ties_by_preference() {
+    use drbd_like_sync::core::verify::judge;
+    let sums = vec![
+        (n("a"), vec![1, 2, 3, 4]),
+        (n("b"), vec![1, 9, 3, 5]),
+        (n("c"), vec![1, 2, 7, 6]),
+    ];
+    let d = judge(&sums, &[n("c"), n("a"), n("b")]);
+    let got: Vec<(usize, Vec<NodeId>, Vec<NodeId>)> = d
+        .into_iter()
+        .map(|d| (d.chunk, d.majority, d.differ))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (1, vec![n("a"), n("c")], vec![n("b")]),
+            (2, vec![n("a"), n("b")], vec![n("c")]),
+            // Three-way split: the preferred copy (c) wins.
+            (3, vec![n("c")], vec![n("a"), n("b")]),
+        ]
+    );
+}

@@ -302,3 +302,42 @@ async fn a_cancelled_resync_resumes_and_syncing_copies_take_writes() {
     assert_eq!(p.total_bytes, SIZE - (2 << 20));
     assert!(copy(&c, 0).await == copy(&c, 2).await, "copies differ");
 }
+
+/// Verify finds a copy corrupted behind Locus's back, granule by granule,
+/// marks it (reads leave it), and a resync repairs it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_finds_a_corrupted_copy_and_resync_repairs_it() {
+    let c = Cluster::start_unleased(&[Some("a"); 3], &[0, 1, 2], SIZE).await;
+    let w = take(&c).await;
+    w.write(0, pattern(1, 8 << 20), true).await.expect("write");
+    // A few bytes of n1's file change under it, in granule 70.
+    let copy1 = c.nodes[1].table.get(&c.image).await.expect("copy");
+    let at = 70 * GRAN + 1234;
+    copy1
+        .backend()
+        .write(at, bytes::Bytes::from_static(b"rot"), true)
+        .await
+        .expect("corrupt");
+    let blocks = BlockRange::new(0, SIZE / (4 << 20)).expect("range");
+    let cancel = AtomicBool::new(false);
+    let r = w
+        .verify(blocks, None, &mut |_| {}, &cancel)
+        .await
+        .expect("verify");
+    assert_eq!(r.done_bytes, SIZE);
+    assert_eq!(r.mismatches.len(), 1, "{:?}", r.mismatches);
+    let m = &r.mismatches[0];
+    assert_eq!((m.range.offset, m.range.len), (70 * GRAN, GRAN));
+    assert_eq!(m.differ, vec![id("n1")]);
+    assert_eq!(c.dirty_runs(&id("n1")).await, vec![(70, 71)]);
+    assert_eq!(c.dirty_runs(&id("n2")).await, vec![]);
+    // Repaired by a resync; verify is clean again.
+    let p = resync(&w, &all(&c)).await.expect("resync");
+    assert_eq!(p.dests[&id("n1")].copied, GRAN);
+    let r = w
+        .verify(blocks, None, &mut |_| {}, &cancel)
+        .await
+        .expect("verify again");
+    assert!(r.mismatches.is_empty(), "{:?}", r.mismatches);
+    assert!(copy(&c, 0).await == copy(&c, 1).await, "not repaired");
+}

@@ -14,7 +14,8 @@
 //! - [`activity_log`]: the write-intent extents (invariant 5);
 //! - [`reconcile`]: the plan a new writer runs before it serves (invariant 5);
 //! - [`resync`]: batches, the life of one batch copy, and the pace of a
-//!   resync (invariant 6).
+//!   resync (invariant 6);
+//! - [`verify`]: which copies of a range differ from the majority.
 
 pub mod activity_log;
 pub mod fence;
@@ -23,6 +24,7 @@ pub mod read;
 pub mod reconcile;
 pub mod resync;
 pub mod units;
+pub mod verify;
 pub mod write;
 
 pub use units::{coalesce, ByteRange, ExtentIndex, Generation, Millis};

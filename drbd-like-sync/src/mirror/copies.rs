@@ -291,6 +291,28 @@ impl Remote<'_> {
         Ok(out.freeze())
     }
 
+    /// One request with one answer (a `Checksum`), within the timeout.
+    pub(crate) async fn call(&self, node: &NodeId, op: Op) -> Result<Response, CopyFailure> {
+        let work = async {
+            let client = self
+                .peers
+                .client(node)
+                .await
+                .map_err(CopyFailure::timeout)?;
+            client
+                .call(self.image, self.generation, op)
+                .await
+                .map_err(|e| CopyFailure::from_client(&e))
+        };
+        match tokio::time::timeout(self.timeout, work).await {
+            Ok(r) => r,
+            Err(_) => Err(CopyFailure::timeout(format!(
+                "no answer from {node} within {:?}",
+                self.timeout
+            ))),
+        }
+    }
+
     /// The data and holes of `range` on `node`, through the protocol's
     /// `StreamRange` (a resync batch's source), within the timeout.
     pub(crate) async fn stream(

@@ -52,6 +52,7 @@ pub mod range_lock;
 mod resync;
 pub mod stats;
 mod takeover;
+mod verify;
 pub mod writer;
 
 use std::collections::BTreeMap;
@@ -78,6 +79,7 @@ use stats::{Problems, StatsTable};
 
 pub use resync::{DestProgress, ResyncError, ResyncProgress, ResyncRequest};
 pub use stats::{LocationStats, Problem};
+pub use verify::{VerifyMismatch, VerifyReport};
 pub use writer::{TakeoverReport, Writer, WriterConfig, WriterError};
 
 /// How a mirror is opened: which image, at which generation, as which node.

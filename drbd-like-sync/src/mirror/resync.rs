@@ -110,6 +110,17 @@ pub enum ResyncError {
         #[source]
         source: BatchError,
     },
+    /// A copy found to differ could not be marked out-of-sync (verify
+    /// stops: reads might still use it).
+    #[error("image {image}: marking {node} out-of-sync failed: {why}")]
+    Mark {
+        /// The image.
+        image: String,
+        /// The copy.
+        node: NodeId,
+        /// The store's answer.
+        why: String,
+    },
     /// Cancelled by the caller.
     #[error("image {image}: resync cancelled; what landed stays in sync")]
     Cancelled {

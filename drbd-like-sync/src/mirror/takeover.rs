@@ -85,7 +85,11 @@ impl Inner {
     }
 
     /// Reads `r` from one copy, local or remote.
-    async fn read_from(&self, node: &NodeId, r: ByteRange) -> Result<Bytes, CopyFailure> {
+    pub(super) async fn read_from(
+        &self,
+        node: &NodeId,
+        r: ByteRange,
+    ) -> Result<Bytes, CopyFailure> {
         if *node != self.node {
             return self.remote().read(node, r).await;
         }

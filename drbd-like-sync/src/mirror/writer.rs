@@ -374,6 +374,22 @@ impl Writer {
         self.mirror.inner.resync(req, progress, cancel).await
     }
 
+    /// Verifies the in-sync copies of `blocks` against each other (only
+    /// `location` against the rest, if given) by checksums, and marks the
+    /// copies that differ out-of-sync: see [`super::verify`].
+    pub async fn verify(
+        &self,
+        blocks: blockmap::types::BlockRange,
+        location: Option<&NodeId>,
+        progress: &mut (dyn FnMut(&super::VerifyReport) + Send),
+        cancel: &std::sync::atomic::AtomicBool,
+    ) -> Result<super::VerifyReport, super::ResyncError> {
+        self.mirror
+            .inner
+            .verify(blocks, location, progress, cancel)
+            .await
+    }
+
     /// Graceful close: flush every copy, stop acknowledging, release the
     /// lease (the generation stays; the next writer's acquire raises it).
     /// The lease is released even if the flush failed (that error is
