@@ -16,8 +16,14 @@ pub const REFUSED: u8 = 3;
 pub const UNAVAILABLE: u8 = 4;
 /// The metadata store is corrupt.
 pub const CORRUPT: u8 = 5;
-/// The command exists but its engine is not available yet (e.g. `image sync`).
+/// Nobody can run the job: no node holds the image's lease and no cluster
+/// secret was given to take it here.
 pub const NOT_AVAILABLE: u8 = 6;
+/// The sync or verify job ran and failed, or verify found copies that
+/// differ (details in the output).
+pub const FAILED: u8 = 7;
+/// Cancelled with Ctrl-C (what landed stays; running again resumes).
+pub const CANCELLED: u8 = 130;
 
 /// Text for `--help`.
 pub const EXIT_CODES_HELP: &str = "\
@@ -28,7 +34,10 @@ Exit codes:
   3  refused or conflict (already exists, in use, last in-sync copy)
   4  metadata store unavailable (down, busy, wrong password)
   5  metadata store corrupt
-  6  not available yet (image sync before the resync engine lands)
+  6  not available: no node holds the image's lease to run a sync or verify,
+     and no --cluster-secret-file was given to take it here
+  7  the sync or verify job failed, or verify found copies that differ
+130  cancelled with Ctrl-C (what landed stays in sync; run again to resume)
 
 The store is chosen with --metadata URL or LOCUS_METADATA:
   redis://[:password@]host:port/db   a shared Redis server
@@ -39,8 +48,16 @@ The store is chosen with --metadata URL or LOCUS_METADATA:
 pub enum CliError {
     /// From the model or the store.
     Store(blockmap::Error),
-    /// A feature that is not available yet.
+    /// Nobody can do it now (no lease holder and no cluster secret).
     NotAvailable(String),
+    /// A job ran and failed, or verify found differing copies.
+    Failed(String),
+    /// Cancelled by the operator.
+    Cancelled(String),
+    /// A node or the store did not answer in time.
+    Unavailable(String),
+    /// Bad input found by the CLI itself (an unreadable file).
+    Invalid(String),
     /// Refused by the CLI itself (for example a move from a holder that
     /// does not answer, without --force).
     Refused(String),
@@ -65,6 +82,10 @@ impl CliError {
             },
             CliError::NotAvailable(_) => NOT_AVAILABLE,
             CliError::Refused(_) => REFUSED,
+            CliError::Failed(_) => FAILED,
+            CliError::Cancelled(_) => CANCELLED,
+            CliError::Unavailable(_) => UNAVAILABLE,
+            CliError::Invalid(_) => USAGE,
         }
     }
 
@@ -77,6 +98,10 @@ impl CliError {
                 .unwrap_or_default(),
             CliError::NotAvailable(_) => "not_available".into(),
             CliError::Refused(_) => "refused".into(),
+            CliError::Failed(_) => "failed".into(),
+            CliError::Cancelled(_) => "cancelled".into(),
+            CliError::Unavailable(_) => "unavailable".into(),
+            CliError::Invalid(_) => "invalid".into(),
         }
     }
 }
@@ -85,7 +110,12 @@ impl std::fmt::Display for CliError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             CliError::Store(e) => e.fmt(f),
-            CliError::NotAvailable(s) | CliError::Refused(s) => f.write_str(s),
+            CliError::NotAvailable(s)
+            | CliError::Refused(s)
+            | CliError::Failed(s)
+            | CliError::Cancelled(s)
+            | CliError::Unavailable(s)
+            | CliError::Invalid(s) => f.write_str(s),
         }
     }
 }

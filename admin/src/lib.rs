@@ -65,7 +65,7 @@ pub async fn run(cli: Cli) -> CliResult {
     let store = blockmap::store::open(&cli.metadata).await?;
     let s = &*store;
     match cli.command {
-        Command::Image(c) => cmd::image::run(s, out, c).await,
+        Command::Image(c) => cmd::image::run(&store, out, c).await,
         Command::Location(c) => cmd::location::run(s, out, c).await,
         Command::Node(c) => cmd::node::run(s, out, c).await,
         Command::Cluster(c) => cmd::cluster::run(s, out, c).await,

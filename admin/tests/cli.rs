@@ -149,9 +149,15 @@ fn workflow(m: &str) {
         "{human}"
     );
 
+    // Nobody serves vm1 and no cluster secret is given: nobody can copy.
     let r = locus(m, &["image", "sync", "vm1"]);
     assert_eq!(r.code, 6);
-    assert!(r.stderr.contains("not available yet"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("no node holds its write lease")
+            && r.stderr.contains("--cluster-secret-file"),
+        "{}",
+        r.stderr
+    );
 
     let errors = locus(m, &["--json", "errors"]).ok().json();
     assert_eq!(errors[0]["node"], "b");

@@ -1,5 +1,7 @@
-//! `locus image …`: create, destroy, list, info, sync.
+//! `locus image …`: create, destroy, list, info, move, set; sync and verify
+//! (in [`super::sync`]).
 
+use super::sync::{self, JobArgs};
 use crate::exit::{CliError, CliResult};
 use crate::output::{list, Out, Table};
 use crate::{bounds, parse};
@@ -7,9 +9,11 @@ use blockmap::image::{ImageSpec, LogicalBlockSize, DEFAULT_BLOCK_SIZE, DEFAULT_G
 use blockmap::ops;
 use blockmap::record::ImageRecord;
 use blockmap::store::MetadataStore;
+use blockmap::sync::JobKind;
 use blockmap::types::{ByteSize, ImageName, NodeId};
 use clap::Subcommand;
 use serde::Serialize;
+use std::sync::Arc;
 
 /// Image commands.
 #[derive(Debug, Subcommand)]
@@ -75,17 +79,68 @@ pub enum ImageCmd {
         #[arg(long, default_value_t = 60)]
         timeout: u64,
     },
-    /// Resynchronise out-of-sync locations (not available yet).
+    /// Copy the out-of-sync ranges of an image's copies from an in-sync copy.
+    ///
+    /// Only the dirty ranges (by the out-of-sync bitmap) are copied; holes on
+    /// the source are punched, not written. The image's lease holder does the
+    /// copying, ordered against its own writes, while the VM keeps running;
+    /// this command asks it and follows the progress until done. When no
+    /// node holds the lease, locus takes it for the duration (needs
+    /// --cluster-secret-file). Ctrl-C cancels: what landed stays in sync, and
+    /// running the command again resumes where it stopped.
+    ///
+    /// Without --rate, foreground I/O keeps priority only through the
+    /// batch size; give --rate to bound the copy.
+    #[command(verbatim_doc_comment)]
     Sync {
+        /// Which image, blocks and location.
+        #[command(flatten)]
+        on: JobOn,
+        /// Copy at most this many MB (10^6 bytes) per second.
+        #[arg(long)]
+        rate: Option<u64>,
+    },
+    /// Compare the in-sync copies by checksums; mark the ones that differ.
+    ///
+    /// Every range is checksummed on every in-sync copy (no data crosses the
+    /// network). Where the copies disagree, the majority is kept and the
+    /// others are marked out-of-sync for that range, so reads leave them and
+    /// `locus image sync` repairs them. Exits 7 when a mismatch was found.
+    #[command(verbatim_doc_comment)]
+    Verify {
+        /// Which image, blocks and location.
+        #[command(flatten)]
+        on: JobOn,
+    },
+    /// Change an image's settings.
+    Set {
         /// Image name.
         image: String,
-        /// First block (inclusive).
-        #[arg(long)]
-        start: Option<u64>,
-        /// Last block (inclusive).
-        #[arg(long)]
-        end: Option<u64>,
+        /// Background resync: when a location with out-of-sync copies is up,
+        /// its lease holder resyncs it at 64 MiB/s (default on).
+        #[arg(long, value_parser = ["on", "off"])]
+        auto_sync: Option<String>,
     },
+}
+
+/// What a sync or verify works on.
+#[derive(Debug, clap::Args)]
+pub struct JobOn {
+    /// Image name.
+    image: String,
+    /// First block (inclusive).
+    #[arg(long)]
+    start: Option<u64>,
+    /// Last block (inclusive).
+    #[arg(long)]
+    end: Option<u64>,
+    /// Only this location (sync: copy into it; verify: compare it with
+    /// the others).
+    #[arg(long)]
+    location: Option<String>,
+    /// Cluster secret, to take the lease when no node holds it.
+    #[arg(long, env = "LOCUS_CLUSTER_SECRET_FILE")]
+    cluster_secret_file: Option<std::path::PathBuf>,
 }
 
 fn size(what: &'static str, s: &str) -> CliResult<ByteSize> {
@@ -95,8 +150,24 @@ fn size(what: &'static str, s: &str) -> CliResult<ByteSize> {
     })
 }
 
+/// The job arguments common to sync and verify, checked against the image.
+async fn job_args(s: &dyn MetadataStore, kind: JobKind, on: JobOn) -> CliResult<JobArgs> {
+    let name: ImageName = parse(&on.image)?;
+    let rec = s.load_image(&name).await?;
+    let (st, en) = bounds(on.start, on.end);
+    Ok(JobArgs {
+        kind,
+        image: name,
+        blocks: rec.image.block_range(st, en)?,
+        location: on.location.map(|l| parse::<NodeId>(&l)).transpose()?,
+        rate_mb: None,
+        secret_file: on.cluster_secret_file,
+    })
+}
+
 /// Runs an image command.
-pub async fn run(s: &dyn MetadataStore, out: Out, cmd: ImageCmd) -> CliResult {
+pub async fn run(store: &Arc<dyn MetadataStore>, out: Out, cmd: ImageCmd) -> CliResult {
+    let s = &**store;
     match cmd {
         ImageCmd::Create {
             name,
@@ -194,16 +265,29 @@ pub async fn run(s: &dyn MetadataStore, out: Out, cmd: ImageCmd) -> CliResult {
                 )
             });
         }
-        ImageCmd::Sync { image, start, end } => {
-            let rec = s.load_image(&parse(&image)?).await?;
-            let (st, en) = bounds(start, end);
-            let range = rec.image.block_range(st, en)?;
-            return Err(CliError::NotAvailable(format!(
-                "image sync is not available yet: the resync engine has not landed. \
-                 Nothing was changed for blocks {range} of '{}'. Out-of-sync locations \
-                 stay out of sync; see `locus image info {}`",
-                rec.image.name, rec.image.name
-            )));
+        ImageCmd::Sync { on, rate } => {
+            let args = JobArgs {
+                rate_mb: rate,
+                ..job_args(s, JobKind::Sync, on).await?
+            };
+            return sync::run(store, out, args).await;
+        }
+        ImageCmd::Verify { on } => {
+            let args = job_args(s, JobKind::Verify, on).await?;
+            return sync::run(store, out, args).await;
+        }
+        ImageCmd::Set { image, auto_sync } => {
+            let name: ImageName = parse(&image)?;
+            let Some(a) = auto_sync else {
+                return Err(CliError::Invalid(
+                    "nothing to set: give --auto-sync on|off".into(),
+                ));
+            };
+            let rec = ops::set_auto_sync(s, &name, a == "on").await?;
+            out.emit(
+                &serde_json::json!({"image": name, "auto_sync": rec.image.auto_sync}),
+                || println!("image {name}: background resync {a}"),
+            );
         }
     }
     Ok(())
@@ -356,6 +440,14 @@ impl Info {
         println!("granularity  {}", i.granularity);
         println!("generation   {}", i.generation);
         println!("hypervisors  {}", list(&i.hypervisors));
+        println!(
+            "auto sync    {}",
+            if i.auto_sync {
+                "on"
+            } else {
+                "off (locus image set --auto-sync)"
+            }
+        );
         if let Some(w) = &i.writer {
             println!("moved to     {w} (only it serves the image)");
         }

@@ -45,6 +45,7 @@
 mod al;
 mod cache;
 mod copies;
+pub mod job;
 mod lease;
 mod ops;
 pub mod peers;

@@ -37,6 +37,9 @@ use crate::core::resync::{
 };
 use crate::core::{ByteRange, Millis};
 
+/// At most this many passes over what writes dirtied again meanwhile.
+const MAX_PASSES: u32 = 8;
+
 /// What to resync.
 #[derive(Debug, Clone)]
 pub struct ResyncRequest {
@@ -176,8 +179,7 @@ impl Inner {
         }
         self.cache.reload().await.map_err(self.store_err())?;
         let rec = self.cache.snapshot();
-        let (g, size) = (rec.image.granularity.bytes(), rec.image.size.bytes());
-        let bs = rec.image.block_size.bytes();
+        let (size, bs) = (rec.image.size.bytes(), rec.image.block_size.bytes());
         let blocks_bytes = ByteRange::from_bounds(
             (req.blocks.start.0 * bs).min(size),
             (req.blocks.end.0 * bs).min(size),
@@ -187,25 +189,7 @@ impl Inner {
         let mut plan: Vec<(NodeId, Vec<Batch>)> = Vec::new();
         let mut out = ResyncProgress::default();
         for d in &dests {
-            let dirty: Vec<ByteRange> = dirty_bytes(&rec.sync_bits(d, req.blocks), g, size)
-                .into_iter()
-                .filter_map(|r| r.intersect(&blocks_bytes))
-                .collect();
-            let mut all = Vec::new();
-            let mut orphans = Vec::new();
-            for r in &dirty {
-                let pieces = self.cache.read_pieces(*r);
-                let (b, o) = batches(d, &[*r], &pieces, req.limits);
-                all.extend(b);
-                orphans.extend(o);
-            }
-            if !orphans.is_empty() {
-                return Err(ResyncError::NoSource {
-                    image: self.img(),
-                    node: d.clone(),
-                    blocks: block_list(&orphans, bs),
-                });
-            }
+            let all = self.plan(d, &rec, req, blocks_bytes)?;
             out.total_bytes += all.iter().map(|b| b.range.len).sum::<u64>();
             out.dests.insert(d.clone(), DestProgress::default());
             plan.push((d.clone(), all));
@@ -213,29 +197,27 @@ impl Inner {
         progress(&out);
         let started = Instant::now();
         let mut pacer = Pacer::new(req.rate);
-        for (dest, list) in plan {
-            for batch in list {
-                if cancel.load(Ordering::Acquire) {
-                    return Err(ResyncError::Cancelled { image: self.img() });
+        for (dest, first) in plan {
+            // Writes during a pass may set bits again (a write over a
+            // partly dirty range marks all of it): later passes copy
+            // those, while each pass has less to do.
+            let mut list = first;
+            let mut pass = 0;
+            while !list.is_empty() {
+                pass += 1;
+                let before: u64 = list.iter().map(|b| b.range.len).sum();
+                if pass > 1 {
+                    out.total_bytes += before;
                 }
-                if self.fenced.load(Ordering::Acquire)
-                    || self.hooks.gate.as_ref().is_some_and(|g| !g.may_ack())
-                {
-                    return Err(ResyncError::Lost { image: self.img() });
-                }
-                let range = batch.range;
-                let (data, holes) = self.run_batch(batch).await?;
-                let d = out.dests.entry(dest.clone()).or_default();
-                d.copied += data;
-                d.holes += holes;
-                out.done_bytes += range.len;
-                progress(&out);
-                // Holes cost little of the rate: count them at 1/64.
-                let cost = data + holes / 64;
-                let now = Millis(started.elapsed().as_millis() as u64);
-                let next = pacer.spent(now, cost);
-                if next > now {
-                    tokio::time::sleep(std::time::Duration::from_millis(next.0 - now.0)).await;
+                self.run_pass(&dest, list, &mut out, progress, cancel, &mut pacer, started)
+                    .await?;
+                let rec = self.cache.snapshot();
+                list = self.plan(&dest, &rec, req, blocks_bytes)?;
+                let left: u64 = list.iter().map(|b| b.range.len).sum();
+                if left >= before || pass >= MAX_PASSES {
+                    tracing::info!(image = %self.cfg.image, %dest, left, pass,
+                        "resync passes stop gaining on the writes; the rest stays marked");
+                    break;
                 }
             }
             let (_, done) = blockmap::ops::finish_sync(&*store, &image, &dest, req.blocks)
@@ -246,6 +228,78 @@ impl Inner {
         self.cache.reload().await.map_err(self.store_err())?;
         progress(&out);
         Ok(out)
+    }
+
+    /// The batches that copy `dest`'s dirty ranges of `within`, per `rec`;
+    /// refused, naming the blocks, when some range has no source.
+    fn plan(
+        &self,
+        dest: &NodeId,
+        rec: &blockmap::record::ImageRecord,
+        req: &ResyncRequest,
+        within: ByteRange,
+    ) -> Result<Vec<Batch>, ResyncError> {
+        let (g, size) = (rec.image.granularity.bytes(), rec.image.size.bytes());
+        let bs = rec.image.block_size.bytes();
+        let dirty: Vec<ByteRange> = dirty_bytes(&rec.sync_bits(dest, req.blocks), g, size)
+            .into_iter()
+            .filter_map(|r| r.intersect(&within))
+            .collect();
+        let mut all = Vec::new();
+        let mut orphans = Vec::new();
+        for r in &dirty {
+            let pieces = self.cache.read_pieces(*r);
+            let (b, o) = batches(dest, &[*r], &pieces, req.limits);
+            all.extend(b);
+            orphans.extend(o);
+        }
+        if !orphans.is_empty() {
+            return Err(ResyncError::NoSource {
+                image: self.img(),
+                node: dest.clone(),
+                blocks: block_list(&orphans, bs),
+            });
+        }
+        Ok(all)
+    }
+
+    /// Copies one list of batches into `dest`, paced.
+    #[allow(clippy::too_many_arguments)]
+    async fn run_pass(
+        self: &Arc<Self>,
+        dest: &NodeId,
+        list: Vec<Batch>,
+        out: &mut ResyncProgress,
+        progress: &mut (dyn FnMut(&ResyncProgress) + Send),
+        cancel: &AtomicBool,
+        pacer: &mut Pacer,
+        started: Instant,
+    ) -> Result<(), ResyncError> {
+        for batch in list {
+            if cancel.load(Ordering::Acquire) {
+                return Err(ResyncError::Cancelled { image: self.img() });
+            }
+            if self.fenced.load(Ordering::Acquire)
+                || self.hooks.gate.as_ref().is_some_and(|g| !g.may_ack())
+            {
+                return Err(ResyncError::Lost { image: self.img() });
+            }
+            let range = batch.range;
+            let (data, holes) = self.run_batch(batch).await?;
+            let d = out.dests.entry(dest.clone()).or_default();
+            d.copied += data;
+            d.holes += holes;
+            out.done_bytes += range.len;
+            progress(out);
+            // Holes cost little of the rate: count them at 1/64.
+            let cost = data + holes / 64;
+            let now = Millis(started.elapsed().as_millis() as u64);
+            let next = pacer.spent(now, cost);
+            if next > now {
+                tokio::time::sleep(std::time::Duration::from_millis(next.0 - now.0)).await;
+            }
+        }
+        Ok(())
     }
 
     /// One batch under the range lock; its data and hole bytes.

@@ -19,7 +19,8 @@
 //! While `serving`, every [`STATS_EVERY`] the task writes the image's I/O
 //! counters (per location) and the copies that failed into the store, for
 //! `locus stats` and `locus errors`; the I/O path itself never waits on the
-//! store for that.
+//! store for that. Every [`JOB_POLL`] it looks for sync and verify jobs
+//! ([`super::jobs`]), which run beside the I/O.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -41,6 +42,7 @@ use drbd_like_sync::storage::{BlockBackend, FileRange, StorageError};
 use tokio::sync::{mpsc, watch};
 
 use super::imagelun::{image_lun, ImageGeometry};
+use super::jobs::{Jobs, JOB_POLL};
 use crate::scsi::LogicalUnit;
 
 /// How often a serving writer writes its figures to the store.
@@ -316,19 +318,33 @@ impl Task {
     async fn serve(
         &mut self,
         store: &Arc<dyn MetadataStore>,
-        writer: &Writer,
+        writer: &Arc<Writer>,
         counted: &Counted,
         base: &ImageStats,
     ) -> bool {
         let mut watch = tokio::time::interval(WATCH_EVERY);
         let mut last_stats = Instant::now();
+        let mut last_jobs = Instant::now();
+        let mut jobs = Jobs::new(
+            Arc::clone(store),
+            self.image.clone(),
+            self.ctx.table.node().clone(),
+            Arc::clone(writer),
+        );
         loop {
             tokio::select! {
-                _ = self.stop.changed() => return true,
+                _ = self.stop.changed() => {
+                    jobs.cancel();
+                    return true;
+                }
                 _ = watch.tick() => {}
             }
             if writer.is_lost() {
                 return false;
+            }
+            if last_jobs.elapsed() >= JOB_POLL {
+                last_jobs = Instant::now();
+                jobs.poll().await;
             }
             if last_stats.elapsed() >= STATS_EVERY {
                 last_stats = Instant::now();
@@ -400,7 +416,7 @@ async fn publish(
 }
 
 /// The error and its causes on one line.
-fn chain(e: &dyn std::error::Error) -> String {
+pub(super) fn chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut src = e.source();
     while let Some(c) = src {

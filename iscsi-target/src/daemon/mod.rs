@@ -12,6 +12,7 @@
 pub mod config;
 pub mod heartbeat;
 pub mod imagelun;
+pub mod jobs;
 pub mod metadata;
 pub mod mirrored;
 pub mod storage_role;

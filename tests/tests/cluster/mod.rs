@@ -21,7 +21,9 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use blockmap::record::ImageRecord;
@@ -456,6 +458,19 @@ impl Cluster {
 
     /// The image record as the store has it.
     pub fn record(&self) -> ImageRecord {
+        self.with_store(|store, image| async move {
+            store
+                .load_image(&image)
+                .await
+                .unwrap_or_else(|e| panic!("load {IMAGE}: {e}"))
+        })
+    }
+
+    /// Runs `f` with the metadata store and [`IMAGE`]'s name.
+    fn with_store<T, F: std::future::Future<Output = T>>(
+        &self,
+        f: impl FnOnce(std::sync::Arc<dyn blockmap::store::MetadataStore>, ImageName) -> F,
+    ) -> T {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -464,10 +479,27 @@ impl Cluster {
             let store = blockmap::store::open(&self.url)
                 .await
                 .unwrap_or_else(|e| panic!("open {}: {e}", self.url));
-            store
-                .load_image(&ImageName::new(IMAGE).unwrap_or_else(|e| panic!("{e}")))
-                .await
-                .unwrap_or_else(|e| panic!("load {IMAGE}: {e}"))
+            f(
+                store,
+                ImageName::new(IMAGE).unwrap_or_else(|e| panic!("{e}")),
+            )
+            .await
+        })
+    }
+
+    /// Marks grains `[first, last)` of `nodes` out-of-sync in the store at
+    /// the current generation, as the writer would after failed writes.
+    pub fn mark_dirty(&self, nodes: &[&str], first: u64, last: u64) {
+        self.with_store(|store, image| async move {
+            let rec = store.load_image(&image).await;
+            let g = rec.unwrap_or_else(|e| panic!("{e}")).image.generation;
+            for n in nodes {
+                let node = NodeId::new(*n).unwrap_or_else(|e| panic!("{e}"));
+                store
+                    .mark_dirty(&image, &node, g, &[(first, last)])
+                    .await
+                    .unwrap_or_else(|e| panic!("mark {n}: {e}"));
+            }
         })
     }
 
@@ -780,4 +812,162 @@ impl WriteLog {
             ))
         }
     }
+}
+
+/// One write of a workload, with when it went out and when it came back.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub offset: u64,
+    pub len: u64,
+    pub pattern: u8,
+    pub issued: Instant,
+    pub answered: Instant,
+    pub outcome: Outcome,
+}
+
+impl Entry {
+    pub fn grains(&self) -> std::ops::Range<u64> {
+        grains(self.offset, self.len)
+    }
+}
+
+/// A thread writing random ranges through one initiator, one at a time,
+/// until told to stop or until a write gets no answer within `wait`.
+pub struct Workload {
+    stop: Arc<AtomicBool>,
+    entries: Arc<Mutex<Vec<Entry>>>,
+    handle: JoinHandle<Initiator>,
+}
+
+impl Workload {
+    pub fn spawn(mut ini: Initiator, seed: u64, region: (u64, u64), wait: Duration) -> Workload {
+        let stop = Arc::new(AtomicBool::new(false));
+        let entries = Arc::new(Mutex::new(Vec::new()));
+        let (s, e) = (stop.clone(), entries.clone());
+        let handle = std::thread::spawn(move || {
+            let mut rng = Rng::new(seed);
+            while !s.load(Ordering::SeqCst) {
+                let (offset, len, pattern) = rng.write_in(region.0, region.1);
+                let issued = Instant::now();
+                let outcome = ini.write(offset, len, pattern, wait);
+                let done = outcome == Outcome::NoAnswer;
+                e.lock().unwrap_or_else(|e| e.into_inner()).push(Entry {
+                    offset,
+                    len,
+                    pattern,
+                    issued,
+                    answered: Instant::now(),
+                    outcome,
+                });
+                if done {
+                    break;
+                }
+            }
+            ini
+        });
+        Workload {
+            stop,
+            entries,
+            handle,
+        }
+    }
+
+    pub fn snapshot(&self) -> Vec<Entry> {
+        self.entries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Polls until `done(entries)` holds; panics, with the nodes' logs,
+    /// when the thread ends first or `limit` passes.
+    pub fn wait_until(
+        &self,
+        c: &Cluster,
+        what: &str,
+        limit: Duration,
+        done: impl Fn(&[Entry]) -> bool,
+    ) {
+        let deadline = Instant::now() + limit;
+        loop {
+            let entries = self.snapshot();
+            if done(&entries) {
+                return;
+            }
+            let why = if self.handle.is_finished() {
+                "the workload ended"
+            } else if Instant::now() >= deadline {
+                "the time limit passed"
+            } else {
+                std::thread::sleep(Duration::from_millis(20));
+                continue;
+            };
+            panic!(
+                "{why} before {what} ({limit:?}): last writes {:?}\n{}",
+                &entries[entries.len().saturating_sub(3)..],
+                c.logs()
+            );
+        }
+    }
+
+    /// Polls until `n` more writes are acknowledged than now.
+    pub fn wait_more_acks(&self, c: &Cluster, n: usize) {
+        let have = acks(&self.snapshot());
+        self.wait_until(c, &format!("{n} more acknowledged writes"), LIMIT, |e| {
+            acks(e) >= have + n
+        });
+    }
+
+    /// Stops the thread after its current write; the writes it did.
+    pub fn finish(self) -> Vec<Entry> {
+        self.stop.store(true, Ordering::SeqCst);
+        drop(self.handle.join());
+        Arc::try_unwrap(self.entries)
+            .map(|m| m.into_inner().unwrap_or_else(|e| e.into_inner()))
+            .unwrap_or_else(|a| a.lock().unwrap_or_else(|e| e.into_inner()).clone())
+    }
+}
+
+pub fn acks(entries: &[Entry]) -> usize {
+    entries
+        .iter()
+        .filter(|e| e.outcome == Outcome::Acked)
+        .count()
+}
+
+pub fn log_of<'a>(entries: impl IntoIterator<Item = &'a Entry>) -> WriteLog {
+    let mut log = WriteLog::default();
+    for e in entries {
+        log.record(e.offset, e.len, e.pattern, &e.outcome);
+    }
+    log
+}
+
+pub fn grains_of<'a>(entries: impl IntoIterator<Item = &'a Entry>) -> BTreeSet<u64> {
+    entries.into_iter().flat_map(Entry::grains).collect()
+}
+
+pub fn check(log: &WriteLog, what: &str, data: &[u8], skip: &BTreeSet<u64>, c: &Cluster) {
+    if let Err(e) = log.check(what, data, skip) {
+        panic!("{e}\n{}", c.logs());
+    }
+}
+
+/// Writes `len` bytes of `pattern` at `offset` of a copy file, durably,
+/// behind Locus's back.
+pub fn write_behind_locus(path: &std::path::Path, offset: u64, len: u64, pattern: u8) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    f.write_all_at(&vec![pattern; len as usize], offset)
+        .and_then(|()| f.sync_all())
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+}
+
+/// One cluster at a time (each starts several processes; two at once would crowd 2 cores).
+pub fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
