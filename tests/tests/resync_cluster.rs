@@ -306,3 +306,103 @@ fn bad_sync_requests_get_clear_errors_and_change_nothing() {
     );
     assert_eq!(c.dirty_grains(1).len(), 2, "nothing changed");
 }
+
+/// The workflow Locus exists for (README, "Moving a VM's disk to another
+/// site"): a copy at the new site, synchronised while the VM writes, the
+/// serving target moved there, the old site's copies dropped; every
+/// acknowledged write is still there at the end.
+#[test]
+fn a_disk_moves_to_another_site_under_a_write_workload() {
+    let _one = one_at_a_time();
+    let mut c = Cluster::start(&Layout {
+        sites: vec!["tokyo", "tokyo", "osaka"],
+        locations: vec![0, 1],
+        ..Layout::all_on_one_site(3)
+    });
+    let show = |r: &Run, cmd: &str| eprintln!("$ locus {cmd}\n{}", r.stdout.trim_end());
+    let w = Workload::spawn(
+        Initiator::open(&c.nodes[0]),
+        0x5eed_8006,
+        (0, IMAGE_BYTES),
+        LIMIT,
+    );
+    w.wait_more_acks(&c, 100);
+    // 1. A copy at the new site: out of sync until synchronised.
+    let r = c.locus(&["location", "add", IMAGE, "n3"]).ok();
+    show(&r, "location add vm1 n3");
+    // 2. Synchronise it while the VM keeps writing.
+    let r = c.locus(&["image", "sync", IMAGE]).ok();
+    show(&r, "image sync vm1");
+    w.wait_more_acks(&c, 50);
+    let r = c.locus(&["image", "info", IMAGE]).ok();
+    show(&r, "image info vm1");
+    assert!(r.stdout.contains("n3:in-sync"), "{}", r.stdout);
+    // 3. Move the serving target: the initiator logs in again at n3.
+    let mut entries = w.finish();
+    let r = c.locus(&["image", "move", IMAGE, "--to", "n3"]).ok();
+    show(&r, "image move vm1 --to n3");
+    c.wait_served(2);
+    let w = Workload::spawn(
+        Initiator::open(&c.nodes[2]),
+        0x5eed_8007,
+        (0, IMAGE_BYTES),
+        LIMIT,
+    );
+    w.wait_more_acks(&c, 100);
+    // 4. Drop the old site.
+    for n in ["n1", "n2"] {
+        let r = c.locus(&["location", "remove", IMAGE, n]).ok();
+        show(&r, &format!("location remove vm1 {n}"));
+    }
+    w.wait_more_acks(&c, 50);
+    entries.extend(w.finish());
+    let r = c.locus(&["image", "info", IMAGE]).ok();
+    show(&r, "image info vm1");
+    assert!(
+        entries.iter().all(|e| e.outcome == cluster::Outcome::Acked),
+        "a write failed during the move\n{}",
+        c.logs()
+    );
+    let log = log_of(&entries);
+    check(&log, "the LUN at n3", &c.read_lun(2), &BTreeSet::new(), &c);
+    c.stop_node(2);
+    check(&log, "n3's copy", &c.read_copy(2), &BTreeSet::new(), &c);
+}
+
+/// With `auto_sync` on (the default), the lease holder resyncs a node that
+/// comes back by itself. (With it off, nothing moves until an operator
+/// asks: the catch-up test turns it off and finds every byte still to copy
+/// when it runs `image sync`.)
+#[test]
+fn a_node_that_comes_back_is_resynced_in_the_background() {
+    let _one = one_at_a_time();
+    let mut c = Cluster::start(&Layout::all_on_one_site(3));
+    let w = Workload::spawn(
+        Initiator::open(&c.nodes[0]),
+        0x5eed_8008,
+        (0, IMAGE_BYTES),
+        LIMIT,
+    );
+    w.wait_more_acks(&c, 50);
+    c.kill_node(2);
+    w.wait_more_acks(&c, 200);
+    let entries = w.finish();
+    let missed = c.dirty_grains(2).len();
+    assert!(missed > 0, "n3 missed nothing");
+    c.start_node(2);
+    let deadline = Instant::now() + LIMIT;
+    while !c.dirty_grains(2).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "n3 was not resynced in the background ({} grains left)\n{}",
+            c.dirty_grains(2).len(),
+            c.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!("background resync: {missed} grains of n3 caught up");
+    let log = log_of(&entries);
+    c.stop_node(0);
+    identical(&c, "after the background resync");
+    check(&log, "n3's copy", &c.read_copy(2), &BTreeSet::new(), &c);
+}

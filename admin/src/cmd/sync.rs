@@ -119,7 +119,9 @@ impl Summary {
         );
         for (n, c) in &self.copied_bytes {
             let holes = self.hole_bytes.get(n).copied().unwrap_or(0);
-            println!("  {n}: {c} bytes copied, {holes} bytes of holes punched");
+            if c + holes > 0 {
+                println!("  {n}: {c} bytes copied, {holes} bytes of holes punched");
+            }
         }
         for m in &self.mismatches {
             println!(

@@ -41,9 +41,11 @@ pub const JOB_POLL: Duration = Duration::from_secs(1);
 pub const PUBLISH_EVERY: Duration = Duration::from_secs(1);
 /// The background resync's rate (bytes per second).
 pub const AUTO_SYNC_RATE: u64 = 64 << 20;
-/// After a background resync of a location failed, wait this long before
-/// trying that location again.
-const AUTO_BACKOFF: Duration = Duration::from_secs(30);
+/// After a background resync of a location failed, it is tried again only
+/// once the node has beaten since (it came back), and no sooner than this,
+/// doubled for every further failure up to [`AUTO_BACKOFF_MAX`].
+const AUTO_BACKOFF: Duration = Duration::from_secs(5);
+const AUTO_BACKOFF_MAX: Duration = Duration::from_secs(300);
 
 /// The jobs of one writer.
 pub struct Jobs {
@@ -52,8 +54,27 @@ pub struct Jobs {
     node: NodeId,
     writer: Arc<Writer>,
     running: Option<Running>,
-    /// Locations whose background resync failed, and when.
-    backoff: BTreeMap<NodeId, Instant>,
+    /// Locations whose background resync failed: when (monotonic and wall
+    /// clock) and how many times in a row.
+    backoff: BTreeMap<NodeId, Failed>,
+}
+
+/// The last failure of a location's background resync.
+struct Failed {
+    at: Instant,
+    wall: UnixTime,
+    times: u32,
+}
+
+impl Failed {
+    /// Whether to try again: the node beat after the failure (it is back),
+    /// and the back-off has passed.
+    fn may_retry(&self, last_heartbeat: Option<UnixTime>) -> bool {
+        let wait = AUTO_BACKOFF
+            .saturating_mul(1 << self.times.min(6))
+            .min(AUTO_BACKOFF_MAX);
+        last_heartbeat.is_some_and(|h| h.0 > self.wall.0) && self.at.elapsed() >= wait
+    }
 }
 
 struct Running {
@@ -100,8 +121,20 @@ impl Jobs {
             }
             let r = self.running.take().expect("checked above");
             let state = r.task.await.unwrap_or(JobState::Failed);
-            if let (Some(dest), JobState::Failed) = (r.auto_dest, state) {
-                self.backoff.insert(dest, Instant::now());
+            match (r.auto_dest, state) {
+                (Some(dest), JobState::Failed) => {
+                    let times = self.backoff.get(&dest).map_or(0, |f| f.times + 1);
+                    let f = Failed {
+                        at: Instant::now(),
+                        wall: UnixTime::now(),
+                        times,
+                    };
+                    self.backoff.insert(dest, f);
+                }
+                (Some(dest), JobState::Done) => {
+                    self.backoff.remove(&dest);
+                }
+                _ => {}
             }
         }
         if let Err(e) = self.pick_up().await {
@@ -180,18 +213,17 @@ impl Jobs {
         let all = rec.image.all_blocks();
         let now = UnixTime::now();
         for n in rec.location_nodes() {
-            if self
-                .backoff
-                .get(&n)
-                .is_some_and(|t| t.elapsed() < AUTO_BACKOFF)
-                || rec.sync_bits(&n, all).is_empty()
-            {
+            if rec.sync_bits(&n, all).is_empty() {
                 continue;
             }
-            let up = ops::get_node(&*self.store, &n)
-                .await
-                .is_ok_and(|e| e.live_state(now) == NodeState::Up);
-            if up {
+            let Ok(entry) = ops::get_node(&*self.store, &n).await else {
+                continue;
+            };
+            let retry = self
+                .backoff
+                .get(&n)
+                .is_none_or(|f| f.may_retry(entry.last_heartbeat));
+            if retry && entry.live_state(now) == NodeState::Up {
                 let mut job = SyncJob::new(rand::random::<u64>() >> 1, JobKind::Sync, all, "auto");
                 job.location = Some(n);
                 job.rate = Some(AUTO_SYNC_RATE);
