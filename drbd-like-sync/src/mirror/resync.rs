@@ -39,6 +39,10 @@ use crate::core::{ByteRange, Millis};
 
 /// At most this many passes over what writes dirtied again meanwhile.
 const MAX_PASSES: u32 = 8;
+/// Largest batch over a hole of the local source (punching is cheap).
+const HOLE_SPAN: u64 = 1 << 30;
+/// Holes shorter than this are copied with the data around them.
+const MIN_HOLE: u64 = 1 << 20;
 
 /// What to resync.
 #[derive(Debug, Clone)]
@@ -189,7 +193,7 @@ impl Inner {
         let mut plan: Vec<(NodeId, Vec<Batch>)> = Vec::new();
         let mut out = ResyncProgress::default();
         for d in &dests {
-            let all = self.plan(d, &rec, req, blocks_bytes)?;
+            let all = self.plan(d, &rec, req, blocks_bytes).await?;
             out.total_bytes += all.iter().map(|b| b.range.len).sum::<u64>();
             out.dests.insert(d.clone(), DestProgress::default());
             plan.push((d.clone(), all));
@@ -212,7 +216,7 @@ impl Inner {
                 self.run_pass(&dest, list, &mut out, progress, cancel, &mut pacer, started)
                     .await?;
                 let rec = self.cache.snapshot();
-                list = self.plan(&dest, &rec, req, blocks_bytes)?;
+                list = self.plan(&dest, &rec, req, blocks_bytes).await?;
                 let left: u64 = list.iter().map(|b| b.range.len).sum();
                 if left >= before || pass >= MAX_PASSES {
                     tracing::info!(image = %self.cfg.image, %dest, left, pass,
@@ -232,7 +236,7 @@ impl Inner {
 
     /// The batches that copy `dest`'s dirty ranges of `within`, per `rec`;
     /// refused, naming the blocks, when some range has no source.
-    fn plan(
+    async fn plan(
         &self,
         dest: &NodeId,
         rec: &blockmap::record::ImageRecord,
@@ -249,18 +253,74 @@ impl Inner {
         let mut orphans = Vec::new();
         for r in &dirty {
             let pieces = self.cache.read_pieces(*r);
-            let (b, o) = batches(dest, &[*r], &pieces, req.limits);
-            all.extend(b);
-            orphans.extend(o);
+            for (part, limits) in self.split_holes(dest, *r, req.limits, g).await {
+                let (b, o) = batches(dest, &[part], &pieces, limits);
+                all.extend(b);
+                orphans.extend(o);
+            }
         }
         if !orphans.is_empty() {
             return Err(ResyncError::NoSource {
                 image: self.img(),
                 node: dest.clone(),
-                blocks: block_list(&orphans, bs),
+                blocks: block_list(&crate::core::coalesce(orphans), bs),
             });
         }
         Ok(all)
+    }
+
+    /// `r` cut where the local copy (when it is an in-sync source there)
+    /// has large holes: those go in batches of up to [`HOLE_SPAN`], since
+    /// punching costs no copy, so that a mostly empty image syncs in the
+    /// time its data takes. Pieces stay aligned to `granularity`.
+    async fn split_holes(
+        &self,
+        dest: &NodeId,
+        r: ByteRange,
+        limits: BatchLimits,
+        granularity: u64,
+    ) -> Vec<(ByteRange, BatchLimits)> {
+        let whole = vec![(r, limits)];
+        let Some(local) = &self.local else {
+            return whole;
+        };
+        if *dest == self.node || !self.cache.in_sync(&self.node, r) {
+            return whole;
+        }
+        let holes = BatchLimits {
+            max_span: HOLE_SPAN,
+        };
+        let mut out: Vec<(ByteRange, BatchLimits)> = Vec::new();
+        let mut pos = r.offset;
+        while pos < r.end() {
+            let Ok((mapped, len)) = local.copy.backend().allocation(pos).await else {
+                return whole;
+            };
+            let mut end = (pos + len.max(1)).min(r.end());
+            // Align to the bitmap: a hole piece covers whole granules.
+            if end < r.end() {
+                end = if mapped {
+                    end.div_ceil(granularity) * granularity
+                } else {
+                    end / granularity * granularity
+                }
+                .clamp(pos, r.end());
+            }
+            let big_hole = !mapped && end - pos >= MIN_HOLE;
+            if end <= pos {
+                end = (pos + granularity).min(r.end());
+            }
+            let piece = ByteRange::from_bounds(pos, end);
+            let kind = if big_hole { holes } else { limits };
+            match out.last_mut() {
+                Some((last, k)) if *k == kind && last.end() == pos => {
+                    *last = ByteRange::from_bounds(last.offset, end)
+                }
+                _ => out.push((piece, kind)),
+            }
+            pos = end;
+        }
+        out
     }
 
     /// Copies one list of batches into `dest`, paced.
