@@ -1,7 +1,9 @@
 #!/bin/busybox sh
 # shellcheck disable=SC3028 # busybox ash has RANDOM
 # PID 1 of the kernel-initiator guest (see README.md). The host appends
-# /ki.conf (PORT, IQN, LUN, TOKEN, CHAP_USER, CHAP_SECRET, DIGEST, DATA_MIB)
+# /ki.conf (PORT, IQN, LUN, TOKEN, CHAP_USER, CHAP_SECRET, DIGEST, DATA_MIB,
+# and PORT2 for a migration: session 2 then logs in at that portal, after
+# the host moved the LUN there while the guest waited between sessions)
 # as a second cpio archive. Every line meant for the host starts with "KI";
 # the result line carries this run's TOKEN.
 #
@@ -67,18 +69,22 @@ sed 's/^/KI:   /' /run/disc.log
 TPGT=$(awk -v iqn="$IQN" '$2 == iqn { sub(/.*,/, "", $1); print $1; exit }' /run/disc.log)
 [ -n "$TPGT" ] || fail "discovery did not list $IQN"
 
-step "node record $PORTAL,$TPGT $IQN"
 set_node() { run $ISCSIADM -m node -T "$IQN" -p "$PORTAL" -o update -n "$1" -v "$2"; }
-run $ISCSIADM -m node -o new -T "$IQN" -p "$PORTAL,$TPGT"
-if [ -n "$CHAP_USER" ]; then
-    set_node node.session.auth.authmethod CHAP
-    set_node node.session.auth.username "$CHAP_USER"
-    set_node node.session.auth.password "$CHAP_SECRET"
-fi
-if [ "$DIGEST" = 1 ]; then
-    set_node 'node.conn[0].iscsi.HeaderDigest' CRC32C
-    set_node 'node.conn[0].iscsi.DataDigest' CRC32C
-fi
+# Creates the node record of $PORTAL,$1 with the run's CHAP and digests.
+node_record() {
+    step "node record $PORTAL,$1 $IQN"
+    run $ISCSIADM -m node -o new -T "$IQN" -p "$PORTAL,$1"
+    if [ -n "$CHAP_USER" ]; then
+        set_node node.session.auth.authmethod CHAP
+        set_node node.session.auth.username "$CHAP_USER"
+        set_node node.session.auth.password "$CHAP_SECRET"
+    fi
+    if [ "$DIGEST" = 1 ]; then
+        set_node 'node.conn[0].iscsi.HeaderDigest' CRC32C
+        set_node 'node.conn[0].iscsi.DataDigest' CRC32C
+    fi
+}
+node_record "$TPGT"
 
 # Logs in and sets DEV to the block device of LUN $LUN.
 login() {
@@ -140,8 +146,42 @@ verify "after remount"
 run umount /mnt
 logout
 
-# Session 2: a fresh login, so nothing comes from the first session.
-login "session 2"
+# Migration: the host moves the LUN to the node at PORT2 (location add,
+# image sync, image move, location remove) while the guest waits here; the
+# guest then logs in there, retrying until that node serves the LUN.
+if [ -n "$PORT2" ]; then
+    echo "KI-PAUSE $TOKEN"
+    step "waiting for the LUN at 10.0.2.2:$PORT2"
+    PORTAL=10.0.2.2:$PORT2
+    i=0
+    until $ISCSIADM -m discovery -t sendtargets -p "$PORTAL" -o nonpersistent >/run/disc.log 2>&1 &&
+        TPGT=$(awk -v iqn="$IQN" '$2 == iqn { sub(/.*,/, "", $1); print $1; exit }' /run/disc.log) &&
+        [ -n "$TPGT" ]; do
+        i=$((i + 1)); [ $i -gt 120 ] && fail "discovery at $PORTAL never listed $IQN"
+        sleep 1
+    done
+    node_record "$TPGT"
+    i=0
+    while :; do
+        if $ISCSIADM -m node -T "$IQN" -p "$PORTAL" --login >/run/cmd.log 2>&1; then
+            j=0 DEV=
+            while [ -z "$DEV" ] && [ $j -lt 25 ]; do
+                for b in /sys/class/iscsi_session/session*/device/target*/*:*:*:"$LUN"/block/*; do
+                    [ -e "$b" ] && [ -b "/dev/${b##*/}" ] && DEV=/dev/${b##*/}
+                done
+                j=$((j + 1)); [ -n "$DEV" ] || sleep 0.2
+            done
+            [ -n "$DEV" ] && break
+            $ISCSIADM -m node -T "$IQN" -p "$PORTAL" --logout >/dev/null 2>&1
+        fi
+        i=$((i + 1)); [ $i -gt 60 ] && fail "no LUN $LUN at $PORTAL after the move"
+        sleep 2
+    done
+    step "session 2 at the new portal: LUN $LUN is $DEV"
+else
+    # Session 2: a fresh login, so nothing comes from the first session.
+    login "session 2"
+fi
 step "e2fsck -fn $DEV"
 run /usr/sbin/e2fsck -fn "$DEV"
 run mount -t ext4 -o ro "$DEV" /mnt

@@ -23,6 +23,9 @@ the files read-only. THE LUN'S CONTENTS ARE DESTROYED.
   --work DIR               cache and run directories (default
                            /var/tmp/locus-kernel-initiator)
   --keep                   keep the run directory (console log) on PASS too
+  --portal2 127.0.0.1:PORT migration: session 2 logs in at this portal; between
+                           the sessions the guest waits while the host runs
+  --pause-cmd CMD          (bash -c CMD), which moves the LUN there
   --help                   this text
 
 Prints progress lines, then one verdict line:
@@ -33,7 +36,7 @@ EOF
 }
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-PORTAL='' IQN='' LUN=0 CHAP='' DIGEST=0 TIMEOUT=600 DATA_MIB=32 KEEP=0
+PORTAL='' IQN='' LUN=0 CHAP='' DIGEST=0 TIMEOUT=600 DATA_MIB=32 KEEP=0 PORTAL2='' PAUSE_CMD=''
 WORK=/var/tmp/locus-kernel-initiator
 T0=$SECONDS
 QEMU_PID='' RUN='' VERDICT_DONE=0
@@ -85,6 +88,8 @@ while (($#)); do
     --data-mib) DATA_MIB=${2:?}; shift ;;
     --work) WORK=${2:?}; shift ;;
     --keep) KEEP=1 ;;
+    --portal2) PORTAL2=${2:?}; shift ;;
+    --pause-cmd) PAUSE_CMD=${2:?}; shift ;;
     -h | --help) usage; VERDICT_DONE=1; exit 0 ;;
     *) fail "unknown argument: $1 (see --help)" ;;
     esac
@@ -95,6 +100,13 @@ done
 [[ $PORTAL =~ ^(127\.0\.0\.1|localhost):([0-9]+)$ ]] ||
     fail "--portal must be 127.0.0.1:PORT (the guest reaches only the host loopback)"
 PORT=${BASH_REMATCH[2]}
+PORT2=''
+if [[ -n $PORTAL2 ]]; then
+    [[ $PORTAL2 =~ ^(127\.0\.0\.1|localhost):([0-9]+)$ ]] ||
+        fail "--portal2 must be 127.0.0.1:PORT (the guest reaches only the host loopback)"
+    PORT2=${BASH_REMATCH[2]}
+    [[ -n $PAUSE_CMD ]] || fail "--portal2 needs --pause-cmd (what moves the LUN there)"
+fi
 [[ $LUN =~ ^[0-9]+$ && $TIMEOUT =~ ^[0-9]+$ && $DATA_MIB =~ ^[0-9]+$ ]] ||
     fail "--lun, --timeout and --data-mib take numbers"
 CHAP_USER='' CHAP_SECRET=''
@@ -212,7 +224,7 @@ RUN=$(mktemp -d "$WORK/runs/$(date +%Y%m%d-%H%M%S)-XXXX")
 TOKEN=$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')
 q() { printf '%q' "$1"; }
 {
-    echo "PORT=$PORT IQN=$(q "$IQN") LUN=$LUN TOKEN=$TOKEN DIGEST=$DIGEST DATA_MIB=$DATA_MIB"
+    echo "PORT=$PORT PORT2=$PORT2 IQN=$(q "$IQN") LUN=$LUN TOKEN=$TOKEN DIGEST=$DIGEST DATA_MIB=$DATA_MIB"
     echo "CHAP_USER=$(q "$CHAP_USER") CHAP_SECRET=$(q "$CHAP_SECRET")"
 } >"$RUN/ki.conf"
 # A compressed second archive: the kernel needs no alignment between them.
@@ -240,6 +252,15 @@ while :; do
         case ${lines[shown]} in
         "KI: "*) log "guest: ${lines[shown]#KI: }" ;;
         "KI-RESULT $TOKEN "*) result=${lines[shown]#KI-RESULT $TOKEN } ;;
+        "KI-PAUSE $TOKEN")
+            log "host: the guest waits between sessions; running the pause command"
+            if ! bash -c "$PAUSE_CMD" >"$RUN/pause.log" 2>&1; then
+                sed 's/^/    /' "$RUN/pause.log" >&2
+                fail "the pause command failed: $(tail -n 1 "$RUN/pause.log")"
+            fi
+            sed 's/^/    /' "$RUN/pause.log"
+            log "host: pause command done"
+            ;;
         esac
     done
     [[ -n $result ]] && break

@@ -60,6 +60,10 @@ pub struct Cluster {
     locus: PathBuf,
     nodes: Vec<String>,
     copies: Vec<PathBuf>,
+    portals: Vec<SocketAddr>,
+    /// Indexes of the nodes holding the image now, and of its writer
+    /// (all of them and n1, until a migration moves it).
+    placed: std::sync::Mutex<(Vec<usize>, usize)>,
 }
 
 /// Starts a cluster of `copies` nodes in `dir`, pushing its processes onto
@@ -130,6 +134,8 @@ pub(crate) fn start(
             .iter()
             .map(|n| dir.join(n).join("images").join(format!("{IMAGE}.img")))
             .collect(),
+        portals: portals.clone(),
+        placed: std::sync::Mutex::new(((0..copies).collect(), 0)),
         nodes,
     };
     for (n, r) in cluster.nodes.iter().zip(&replication) {
@@ -275,20 +281,59 @@ impl Cluster {
         Ok(out.stdout)
     }
 
-    /// `locus image info lun0` must show every block in sync on every node,
-    /// and `locus errors` nothing but, when n1 has stopped, n1 being down.
+    /// The nodes holding the image now, and its writer.
+    fn placed(&self) -> (Vec<String>, String) {
+        let g = self.placed.lock().unwrap_or_else(|p| p.into_inner());
+        let nodes = g.0.iter().map(|&i| self.nodes[i].clone()).collect();
+        (nodes, self.nodes[g.1].clone())
+    }
+
+    /// Readies a migration of the LUN to the last node (the kernel suite's
+    /// migrate mode): that node stops being a location now, and the
+    /// returned shell command (run while the guest waits between its
+    /// sessions) moves the image there as an operator would: `location
+    /// add`, `image sync`, `image move --to`, `location remove` of every
+    /// other node. Returns the new node's portal and the command.
+    pub fn prepare_migration(&self) -> Result<(SocketAddr, String)> {
+        let last = self.nodes.len() - 1;
+        if last < 2 {
+            bail!("a migration needs a mirrored LUN of at least 3 nodes");
+        }
+        let to = &self.nodes[last];
+        self.locus(&["location", "remove", IMAGE, to], &[])?;
+        self.placed.lock().unwrap_or_else(|p| p.into_inner()).0 = (0..last).collect();
+        let l = format!("'{}' --metadata '{}'", self.locus.display(), self.url);
+        let mut cmd = format!(
+            "set -e; L=\"{l}\"; eval \"$L location add {IMAGE} {to}\"; \
+             eval \"$L image sync {IMAGE}\"; eval \"$L image move {IMAGE} --to {to}\""
+        );
+        for n in &self.nodes[..last] {
+            cmd.push_str(&format!("; eval \"$L location remove {IMAGE} {n}\""));
+        }
+        cmd.push_str(&format!("; eval \"$L image info {IMAGE}\""));
+        Ok((self.portals[last], cmd))
+    }
+
+    /// Records that the migration prepared by [`Cluster::prepare_migration`]
+    /// happened: the last node alone holds and serves the image.
+    pub fn migrated(&self) {
+        let last = self.nodes.len() - 1;
+        *self.placed.lock().unwrap_or_else(|p| p.into_inner()) = (vec![last], last);
+    }
+
+    /// `locus image info lun0` must show every block in sync on every node
+    /// holding it, and `locus errors` nothing but, when n1 has stopped, n1
+    /// being down.
     pub(crate) fn check_in_sync(&self) -> Result<String> {
+        let (nodes, _) = self.placed();
         let info = self.locus(&["image", "info", IMAGE], &[])?;
-        let placement = placement_in_sync(&info, &self.nodes)
+        let placement = placement_in_sync(&info, &nodes)
             .with_context(|| format!("the copies of {IMAGE} are not all in sync"));
         let errors = self.locus(&["errors"], &[])?;
         let errors =
             unexpected_errors(&errors, &self.nodes[0]).context("`locus errors` reports a problem");
         match (placement, errors) {
-            (Ok(blocks), Ok(())) => Ok(format!(
-                "{blocks} blocks in sync on {}",
-                self.nodes.join(",")
-            )),
+            (Ok(blocks), Ok(())) => Ok(format!("{blocks} blocks in sync on {}", nodes.join(","))),
             (Err(e), Ok(())) | (Ok(_), Err(e)) => Err(e),
             (Err(p), Err(e)) => bail!("{p:#}\n{e:#}"),
         }
@@ -297,7 +342,11 @@ impl Cluster {
     /// The copies must be identical and hold data (call once every node
     /// has stopped).
     pub(crate) fn compare_copies(&self) -> Result<String> {
-        let (bytes, data) = compare_files(&self.copies)?;
+        let held: Vec<PathBuf> = {
+            let g = self.placed.lock().unwrap_or_else(|p| p.into_inner());
+            g.0.iter().map(|&i| self.copies[i].clone()).collect()
+        };
+        let (bytes, data) = compare_files(&held)?;
         if data == 0 {
             // Zeros can be written data (libiscsi's last SANITIZE OVERWRITE
             // writes a zero pattern over the whole LUN): then the sparse
@@ -305,7 +354,7 @@ impl Cluster {
             // blocks means the suite wrote nothing.
             use std::os::unix::fs::MetadataExt;
             let mut allocated = u64::MAX;
-            for c in &self.copies {
+            for c in &held {
                 let m = std::fs::metadata(c).with_context(|| format!("{}", c.display()))?;
                 allocated = allocated.min(m.blocks() * 512);
             }

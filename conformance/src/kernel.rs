@@ -30,6 +30,12 @@ pub enum Mode {
     Chap,
     /// CRC32C header and data digests (RFC 7143 §13.1).
     Digest,
+    /// A mirrored LUN of 3 or more nodes moved to its last node between the
+    /// guest's sessions, as `locus` moves a VM's disk to another site
+    /// (location add, image sync, image move, location remove): session 2
+    /// logs in at the new node and the filesystem must be intact (e2fsck,
+    /// checksums).
+    Migrate,
 }
 
 impl Mode {
@@ -42,6 +48,7 @@ impl Mode {
             Mode::Plain => "plain",
             Mode::Chap => "chap",
             Mode::Digest => "digest",
+            Mode::Migrate => "migrate",
         }
     }
 }
@@ -102,8 +109,18 @@ fn run_mode(kind: &TargetKind, opts: &Options, mode: Mode) -> Result<String> {
         .arg(target.lun().to_string())
         .arg("--timeout")
         .arg(opts.timeout.as_secs().to_string());
+    if mode == Mode::Migrate {
+        let Some(cluster) = target.cluster() else {
+            bail!("the migrate mode needs a mirrored target (--target mirrored3)");
+        };
+        let (portal2, pause) = cluster.prepare_migration()?;
+        cmd.arg("--portal2")
+            .arg(portal2.to_string())
+            .arg("--pause-cmd")
+            .arg(pause);
+    }
     match mode {
-        Mode::Plain => {}
+        Mode::Plain | Mode::Migrate => {}
         Mode::Chap => {
             cmd.arg("--chap")
                 .arg(format!("{}:{}", chap.user, chap.secret));
@@ -127,6 +144,11 @@ fn run_mode(kind: &TargetKind, opts: &Options, mode: Mode) -> Result<String> {
         (Ok(()), false) => Err(format!("verdict PASS but exit status {}", out.status)),
         (Err(e), _) => Err(format!("{e:#}\n{}", target.log_tail(30))),
     };
+    if mode == Mode::Migrate && ran.is_ok() {
+        if let Some(c) = target.cluster() {
+            c.migrated();
+        }
+    }
     let stopped = target.finish();
     match (ran, stopped) {
         (Ok(()), Ok(note)) if note.is_empty() => Ok(format!("{secs:.0}s")),

@@ -89,6 +89,9 @@ enum ModeArg {
     Plain,
     Chap,
     Digest,
+    /// Mirrored targets of 3+ nodes: the LUN moves to the last node between
+    /// the guest's sessions.
+    Migrate,
 }
 
 #[derive(Subcommand, Debug)]
@@ -144,6 +147,7 @@ fn kernel_opts(a: &KernelArgs) -> kernel::Options {
                 ModeArg::Plain => kernel::Mode::Plain,
                 ModeArg::Chap => kernel::Mode::Chap,
                 ModeArg::Digest => kernel::Mode::Digest,
+                ModeArg::Migrate => kernel::Mode::Migrate,
             })
             .collect(),
         timeout: Duration::from_secs(a.kernel_timeout),
@@ -193,8 +197,10 @@ fn run() -> Result<bool> {
                 // Issue 7: the 2-way mirrored LUN meets the local LUN's
                 // expectations; the kernel initiator passes on a 3-way one.
                 results.push(libiscsi::run(&mirrored(2), &lopts)?);
+                // Issue 8: and a disk moved to another node between the
+                // guest's sessions.
                 let plain = kernel::Options {
-                    modes: vec![kernel::Mode::Plain],
+                    modes: vec![kernel::Mode::Plain, kernel::Mode::Migrate],
                     ..kernel_opts(k)
                 };
                 results.push(kernel::run(&mirrored(3), &plain));

@@ -664,6 +664,11 @@ impl RunningTarget {
             .collect()
     }
 
+    /// The mirrored cluster behind the target, if it is one.
+    pub fn cluster(&self) -> Option<&Cluster> {
+        self.cluster.as_ref()
+    }
+
     /// The metadata store URL of a mirrored cluster.
     pub fn metadata_url(&self) -> Option<&str> {
         self.cluster.as_ref().map(Cluster::url)

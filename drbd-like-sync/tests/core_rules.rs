@@ -527,7 +527,10 @@ mod resync_rules {
             (ByteRange::new(0, 32768), vec![n("a"), n("b")]),
             (ByteRange::new(32768, 5120), vec![n("b")]),
         ];
-        let limits = BatchLimits { max_span: 8192 };
+        let limits = BatchLimits {
+            max_span: 8192,
+            max_parts: 4,
+        };
         let (got, orphans) = batches(&n("b"), &dirty, &pieces, limits);
         assert_eq!(
             got.iter().map(|b| b.range).collect::<Vec<_>>(),
@@ -535,12 +538,31 @@ mod resync_rules {
         );
         assert!(got.iter().all(|b| b.sources == vec![n("a")]));
         assert_eq!(orphans, vec![ByteRange::new(32768, 5120)]);
+        // Scattered small ranges share a batch, within its span and count.
+        let scattered: Vec<ByteRange> = (0..6).map(|i| ByteRange::new(i * 8192, 4096)).collect();
+        let one = vec![(ByteRange::new(0, 1 << 20), vec![n("a")])];
+        let limits = BatchLimits {
+            max_span: 1 << 20,
+            max_parts: 4,
+        };
+        let (got, _) = batches(&n("b"), &scattered, &one, limits);
+        assert_eq!(
+            got.iter()
+                .map(|b| (b.range, b.parts.len()))
+                .collect::<Vec<_>>(),
+            vec![
+                (ByteRange::new(0, 3 * 8192 + 4096), 4),
+                (ByteRange::new(4 * 8192, 8192 + 4096), 2)
+            ]
+        );
+        assert_eq!(got[0].bytes(), 4 * 4096);
     }
 
     fn batch() -> Batch {
         Batch {
             dest: n("c"),
             range: ByteRange::new(0, 8192),
+            parts: vec![ByteRange::new(0, 8192)],
             sources: vec![n("a"), n("b")],
         }
     }

@@ -183,7 +183,10 @@ async fn writes_during_a_resync_reach_every_copy() {
     // same ranges are written again and again, until it is done.
     let mut req = all(&c);
     req.rate = 8 << 20;
-    req.limits = BatchLimits { max_span: 64 << 10 };
+    req.limits = BatchLimits {
+        max_span: 64 << 10,
+        ..BatchLimits::default()
+    };
     let bg = {
         let w = Arc::clone(&w);
         tokio::spawn(async move { resync(&w, &req).await })
@@ -259,7 +262,10 @@ async fn a_cancelled_resync_resumes_and_syncing_copies_take_writes() {
         .expect("add location");
     w.mirror().refresh().await.expect("refresh");
     let mut req = all(&c);
-    req.limits = BatchLimits { max_span: 1 << 20 };
+    req.limits = BatchLimits {
+        max_span: 1 << 20,
+        max_parts: 1,
+    };
     let cancel = AtomicBool::new(false);
     let e = w
         .resync(

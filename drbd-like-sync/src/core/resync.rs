@@ -41,24 +41,42 @@ use super::units::{ByteRange, Millis};
 pub struct Batch {
     /// The destination copy.
     pub dest: NodeId,
-    /// The bytes (granule-aligned, except at the end of the image).
+    /// The bytes held under the range lock: from the first part's start to
+    /// the last part's end.
     pub range: ByteRange,
+    /// The dirty parts copied (sorted, disjoint, inside `range`;
+    /// granule-aligned except at the end of the image). Scattered small
+    /// parts share a batch, so that they share its flush and its store
+    /// round trip.
+    pub parts: Vec<ByteRange>,
     /// In-sync copies to read from, in preference order (never `dest`).
     pub sources: Vec<NodeId>,
+}
+
+impl Batch {
+    /// Bytes of its parts.
+    pub fn bytes(&self) -> u64 {
+        self.parts.iter().map(|p| p.len).sum()
+    }
 }
 
 /// How big a batch may get.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BatchLimits {
-    /// Most bytes of one batch (the longest a foreground write waits is
-    /// about one batch at the copy rate).
+    /// Most bytes one batch holds under the lock (the longest a foreground
+    /// write waits is about one batch at the copy rate).
     pub max_span: u64,
+    /// Most parts in one batch.
+    pub max_parts: usize,
 }
 
 impl Default for BatchLimits {
-    /// 8 MiB: about 30 ms at 300 MB/s.
+    /// 8 MiB (about 30 ms at 300 MB/s), 256 parts.
     fn default() -> Self {
-        BatchLimits { max_span: 8 << 20 }
+        BatchLimits {
+            max_span: 8 << 20,
+            max_parts: 256,
+        }
     }
 }
 
@@ -76,12 +94,14 @@ pub fn dirty_bytes(bits: &[(u64, u64)], granularity: u64, size: u64) -> Vec<Byte
     super::units::coalesce(ranges)
 }
 
-/// Cuts `dirty` (sorted, disjoint) into batches of at most
-/// `limits.max_span` bytes, also cut wherever `pieces` (the in-sync copies
-/// of consecutive parts of the image, as the placement cache gives them)
-/// changes, so that every batch has one list of sources. A part with no
-/// source other than `dest` is returned in the error list instead: resync
-/// cannot copy it (no in-sync copy), and the caller names it.
+/// Cuts `dirty` (sorted, disjoint) into batches that hold at most
+/// `limits.max_span` bytes and `limits.max_parts` parts, also cut wherever
+/// `pieces` (the in-sync copies of consecutive parts of the image, as the
+/// placement cache gives them) changes, so that every batch has one list
+/// of sources. Consecutive small parts with the same sources share a
+/// batch. A part with no source other than `dest` is returned in the error
+/// list instead: resync cannot copy it (no in-sync copy), and the caller
+/// names it.
 pub fn batches(
     dest: &NodeId,
     dirty: &[ByteRange],
@@ -89,7 +109,7 @@ pub fn batches(
     limits: BatchLimits,
 ) -> (Vec<Batch>, Vec<ByteRange>) {
     let max = limits.max_span.max(1);
-    let mut out = Vec::new();
+    let mut out: Vec<Batch> = Vec::new();
     let mut orphans = Vec::new();
     for d in dirty {
         for (p, nodes) in pieces {
@@ -102,12 +122,24 @@ pub fn batches(
             let mut at = part.offset;
             while at < part.end() {
                 let len = max.min(part.end() - at);
-                out.push(Batch {
-                    dest: dest.clone(),
-                    range: ByteRange::new(at, len),
-                    sources: sources.clone(),
-                });
+                let piece = ByteRange::new(at, len);
                 at += len;
+                match out.last_mut() {
+                    Some(b)
+                        if b.sources == sources
+                            && b.parts.len() < limits.max_parts.max(1)
+                            && piece.end() - b.range.offset <= max =>
+                    {
+                        b.range = ByteRange::from_bounds(b.range.offset, piece.end());
+                        b.parts.push(piece);
+                    }
+                    _ => out.push(Batch {
+                        dest: dest.clone(),
+                        range: piece,
+                        parts: vec![piece],
+                        sources: sources.clone(),
+                    }),
+                }
             }
         }
     }
@@ -154,7 +186,7 @@ pub enum BatchError {
 /// An outcome the shell reports to a [`BatchCopy`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BatchEvent<D> {
-    /// The current source gave the range, in order, as data and holes.
+    /// The current source gave the parts, in order, as data and holes.
     SourceRead(Vec<SourcePiece<D>>),
     /// The current source failed.
     SourceFailed(String),
@@ -173,7 +205,7 @@ pub enum BatchEvent<D> {
 /// What the shell must do next for a [`BatchCopy`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BatchEffect<D> {
-    /// Read the batch's range from `from` (data and holes).
+    /// Read the batch's parts from `from` (data and holes).
     Read {
         /// The source.
         from: NodeId,
@@ -182,7 +214,7 @@ pub enum BatchEffect<D> {
     Write(Vec<SourcePiece<D>>),
     /// Flush the destination.
     Flush,
-    /// Clear the destination's bits of the batch's range in the store, then
+    /// Clear the destination's bits of the batch's parts in the store, then
     /// in the placement cache, then release the range lock.
     Clear,
     /// Nothing more: the batch is over (see [`BatchCopy::state`]).
@@ -313,29 +345,34 @@ impl BatchCopy {
         BatchEffect::Finished
     }
 
-    /// The pieces must tile the batch's range exactly, in order.
+    /// The pieces must tile the batch's parts exactly, in order.
     fn check_pieces<D: AsRefLen>(
         &self,
         pieces: &[SourcePiece<D>],
     ) -> Result<(u64, u64), BatchError> {
         let r = self.batch.range;
-        let (mut at, mut data, mut holes) = (r.offset, 0u64, 0u64);
-        for p in pieces {
-            let (off, len, hole) = match p {
-                SourcePiece::Data(off, d) => (*off, d.len_bytes(), false),
-                SourcePiece::Hole(h) => (h.offset, h.len, true),
-            };
-            if off != at || len == 0 {
-                return Err(BatchError::NoSource(r));
-            }
-            at += len;
-            if hole {
-                holes += len;
-            } else {
-                data += len;
+        let (mut data, mut holes) = (0u64, 0u64);
+        let mut it = pieces.iter();
+        for part in &self.batch.parts {
+            let mut at = part.offset;
+            while at < part.end() {
+                let (off, len, hole) = match it.next() {
+                    Some(SourcePiece::Data(off, d)) => (*off, d.len_bytes(), false),
+                    Some(SourcePiece::Hole(h)) => (h.offset, h.len, true),
+                    None => return Err(BatchError::NoSource(r)),
+                };
+                if off != at || len == 0 || off + len > part.end() {
+                    return Err(BatchError::NoSource(r));
+                }
+                at += len;
+                if hole {
+                    holes += len;
+                } else {
+                    data += len;
+                }
             }
         }
-        if at != r.end() {
+        if it.next().is_some() {
             return Err(BatchError::NoSource(r));
         }
         Ok((data, holes))

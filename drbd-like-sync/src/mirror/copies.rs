@@ -313,12 +313,45 @@ impl Remote<'_> {
         }
     }
 
-    /// The data and holes of `range` on `node`, through the protocol's
-    /// `StreamRange` (a resync batch's source), within the timeout.
+    /// Writes data pieces and punches holes on `node`, every request
+    /// pipelined on the one connection, within the timeout (a resync
+    /// batch's destination).
+    pub(crate) async fn put(
+        &self,
+        node: &NodeId,
+        pieces: Vec<SourcePiece<Bytes>>,
+    ) -> Result<(), CopyFailure> {
+        let mut ops = Vec::with_capacity(pieces.len());
+        for p in pieces {
+            match p {
+                SourcePiece::Data(off, data) => {
+                    let mut at = 0usize;
+                    while at < data.len() {
+                        let n = (MAX_PIECE as usize).min(data.len() - at);
+                        ops.push(Op::Write {
+                            offset: off + at as u64,
+                            data: data.slice(at..at + n),
+                            fua: false,
+                        });
+                        at += n;
+                    }
+                }
+                SourcePiece::Hole(r) => ops.push(Op::Discard {
+                    offset: r.offset,
+                    len: r.len,
+                }),
+            }
+        }
+        self.exchange(node, ops).await.map(|_| ())
+    }
+
+    /// The data and holes of `parts` on `node`, in order, through the
+    /// protocol's `StreamRange` (one per part, pipelined; a resync batch's
+    /// source), within the timeout.
     pub(crate) async fn stream(
         &self,
         node: &NodeId,
-        range: ByteRange,
+        parts: &[ByteRange],
     ) -> Result<Vec<SourcePiece<Bytes>>, CopyFailure> {
         let mut used = None;
         let work = async {
@@ -328,41 +361,48 @@ impl Remote<'_> {
                 .await
                 .map_err(CopyFailure::timeout)?;
             used = Some(Arc::clone(&client));
-            let op = Op::StreamRange {
-                offset: range.offset,
-                len: range.len,
-            };
-            let mut rx = client
-                .start(self.image, self.generation, op)
-                .map_err(|e| CopyFailure::from_client(&e))?;
+            let mut streams = Vec::with_capacity(parts.len());
+            for p in parts {
+                let op = Op::StreamRange {
+                    offset: p.offset,
+                    len: p.len,
+                };
+                let rx = client
+                    .start(self.image, self.generation, op)
+                    .map_err(|e| CopyFailure::from_client(&e))?;
+                streams.push(rx);
+            }
             let mut out = Vec::new();
-            loop {
-                match rx.recv().await {
-                    Some(Response::StreamChunk { offset, data, .. }) => {
-                        out.push(SourcePiece::Data(offset, data))
-                    }
-                    Some(Response::StreamHole { offset, len, .. }) => {
-                        out.push(SourcePiece::Hole(ByteRange::new(offset, len)))
-                    }
-                    Some(Response::StreamEnd { .. }) => return Ok(out),
-                    Some(Response::Error(reply)) => {
-                        return Err(CopyFailure::from_client(&ClientError::Remote {
-                            node: node.clone(),
-                            reply,
-                        }))
-                    }
-                    Some(other) => {
-                        return Err(CopyFailure::timeout(format!(
-                            "unexpected answer from {node}: {other:?}"
-                        )))
-                    }
-                    None => {
-                        return Err(CopyFailure::timeout(ClientError::ConnectionLost {
-                            node: node.clone(),
-                        }))
+            for mut rx in streams {
+                loop {
+                    match rx.recv().await {
+                        Some(Response::StreamChunk { offset, data, .. }) => {
+                            out.push(SourcePiece::Data(offset, data))
+                        }
+                        Some(Response::StreamHole { offset, len, .. }) => {
+                            out.push(SourcePiece::Hole(ByteRange::new(offset, len)))
+                        }
+                        Some(Response::StreamEnd { .. }) => break,
+                        Some(Response::Error(reply)) => {
+                            return Err(CopyFailure::from_client(&ClientError::Remote {
+                                node: node.clone(),
+                                reply,
+                            }))
+                        }
+                        Some(other) => {
+                            return Err(CopyFailure::timeout(format!(
+                                "unexpected answer from {node}: {other:?}"
+                            )))
+                        }
+                        None => {
+                            return Err(CopyFailure::timeout(ClientError::ConnectionLost {
+                                node: node.clone(),
+                            }))
+                        }
                     }
                 }
             }
+            Ok(out)
         };
         let res = match tokio::time::timeout(self.timeout, work).await {
             Ok(r) => r,

@@ -194,7 +194,7 @@ impl Inner {
         let mut out = ResyncProgress::default();
         for d in &dests {
             let all = self.plan(d, &rec, req, blocks_bytes).await?;
-            out.total_bytes += all.iter().map(|b| b.range.len).sum::<u64>();
+            out.total_bytes += all.iter().map(Batch::bytes).sum::<u64>();
             out.dests.insert(d.clone(), DestProgress::default());
             plan.push((d.clone(), all));
         }
@@ -209,7 +209,7 @@ impl Inner {
             let mut pass = 0;
             while !list.is_empty() {
                 pass += 1;
-                let before: u64 = list.iter().map(|b| b.range.len).sum();
+                let before: u64 = list.iter().map(Batch::bytes).sum();
                 if pass > 1 {
                     out.total_bytes += before;
                 }
@@ -217,7 +217,7 @@ impl Inner {
                     .await?;
                 let rec = self.cache.snapshot();
                 list = self.plan(&dest, &rec, req, blocks_bytes).await?;
-                let left: u64 = list.iter().map(|b| b.range.len).sum();
+                let left: u64 = list.iter().map(Batch::bytes).sum();
                 if left >= before || pass >= MAX_PASSES {
                     tracing::info!(image = %self.cfg.image, %dest, left, pass,
                         "resync passes stop gaining on the writes; the rest stays marked");
@@ -251,13 +251,32 @@ impl Inner {
             .collect();
         let mut all = Vec::new();
         let mut orphans = Vec::new();
+        // Runs of segments with the same limits are cut into batches
+        // together, so that scattered small ranges share batches.
+        let mut run: (Vec<ByteRange>, Vec<(ByteRange, Vec<NodeId>)>) = (Vec::new(), Vec::new());
+        let mut run_limits = req.limits;
         for r in &dirty {
             let pieces = self.cache.read_pieces(*r);
             for (part, limits) in self.split_holes(dest, *r, req.limits, g).await {
-                let (b, o) = batches(dest, &[part], &pieces, limits);
-                all.extend(b);
-                orphans.extend(o);
+                if limits != run_limits && !run.0.is_empty() {
+                    let (b, o) = batches(dest, &run.0, &run.1, run_limits);
+                    all.extend(b);
+                    orphans.extend(o);
+                    run = (Vec::new(), Vec::new());
+                }
+                run_limits = limits;
+                run.0.push(part);
+                run.1.extend(
+                    pieces
+                        .iter()
+                        .filter_map(|(p, ns)| p.intersect(&part).map(|x| (x, ns.clone()))),
+                );
             }
+        }
+        if !run.0.is_empty() {
+            let (b, o) = batches(dest, &run.0, &run.1, run_limits);
+            all.extend(b);
+            orphans.extend(o);
         }
         if !orphans.is_empty() {
             return Err(ResyncError::NoSource {
@@ -289,6 +308,7 @@ impl Inner {
         }
         let holes = BatchLimits {
             max_span: HOLE_SPAN,
+            max_parts: 1,
         };
         let mut out: Vec<(ByteRange, BatchLimits)> = Vec::new();
         let mut pos = r.offset;
@@ -344,12 +364,12 @@ impl Inner {
             {
                 return Err(ResyncError::Lost { image: self.img() });
             }
-            let range = batch.range;
+            let bytes = batch.bytes();
             let (data, holes) = self.run_batch(batch).await?;
             let d = out.dests.entry(dest.clone()).or_default();
             d.copied += data;
             d.holes += holes;
-            out.done_bytes += range.len;
+            out.done_bytes += bytes;
             progress(out);
             // Holes cost little of the rate: count them at 1/64.
             let cost = data + holes / 64;
@@ -367,20 +387,20 @@ impl Inner {
         let _held = self.lock.lock(batch.range).await;
         // Sources as they are now, under the lock (a copy may have failed
         // since the plan was made).
-        let now: Vec<NodeId> = self
-            .cache
-            .read_pieces(batch.range)
-            .into_iter()
+        let now: Vec<NodeId> = batch
+            .parts
+            .iter()
+            .flat_map(|p| self.cache.read_pieces(*p))
             .map(|(_, ns)| ns)
             .reduce(|a, b| a.into_iter().filter(|n| b.contains(n)).collect())
             .unwrap_or_default();
         batch.sources = now.into_iter().filter(|n| *n != batch.dest).collect();
         batch.sources.sort_by_key(|n| *n != self.node);
-        let (dest, range) = (batch.dest.clone(), batch.range);
+        let (dest, range, parts) = (batch.dest.clone(), batch.range, batch.parts.clone());
         let (mut copy, mut fx) = BatchCopy::start::<Bytes>(batch);
         loop {
             let ev = match fx {
-                BatchEffect::Read { from } => match self.stream_from(&from, range).await {
+                BatchEffect::Read { from } => match self.stream_from(&from, &parts).await {
                     Ok(pieces) => BatchEvent::SourceRead(pieces),
                     Err(f) => {
                         tracing::warn!(image = %self.cfg.image, %from, reason = %f.message,
@@ -396,7 +416,7 @@ impl Inner {
                     Ok(()) => BatchEvent::Flushed,
                     Err(f) => BatchEvent::DestFailed(f.message),
                 },
-                BatchEffect::Clear => match self.clear(&dest, range).await {
+                BatchEffect::Clear => match self.clear(&dest, &parts).await {
                     Ok(()) => BatchEvent::Cleared,
                     Err(why) => BatchEvent::ClearFailed(why),
                 },
@@ -427,32 +447,39 @@ impl Inner {
         }
     }
 
-    /// The data and holes of `range` on `node`.
+    /// The data and holes of `parts` on `node`, in order.
     async fn stream_from(
         &self,
         node: &NodeId,
-        range: ByteRange,
+        parts: &[ByteRange],
     ) -> Result<Vec<SourcePiece<Bytes>>, CopyFailure> {
         if *node != self.node {
-            return self.remote().stream(node, range).await;
+            return self.remote().stream(node, parts).await;
         }
-        match &self.local {
-            Some(l) => l.stream(self.cfg.generation, range).await,
-            None => Err(CopyFailure {
+        let Some(l) = &self.local else {
+            return Err(CopyFailure {
                 reason: crate::core::write::FailReason::Io,
                 no_space: false,
                 message: "no local copy".into(),
-            }),
+            });
+        };
+        let mut out = Vec::new();
+        for p in parts {
+            out.extend(l.stream(self.cfg.generation, *p).await?);
         }
+        Ok(out)
     }
 
-    /// Writes data pieces and punches holes on `dest` (no FUA: the batch
-    /// flushes once at the end).
+    /// Writes data pieces and punches holes on `dest`, pipelined (no FUA:
+    /// the batch flushes once at the end).
     async fn write_pieces(
         &self,
         dest: &NodeId,
         pieces: Vec<SourcePiece<Bytes>>,
     ) -> Result<(), CopyFailure> {
+        if *dest != self.node {
+            return self.remote().put(dest, pieces).await;
+        }
         for p in pieces {
             match p {
                 SourcePiece::Data(off, data) => {
@@ -470,10 +497,10 @@ impl Inner {
         Ok(())
     }
 
-    /// Clears `dest`'s bits of `range` in the store (generation-checked),
-    /// then in the cache.
-    async fn clear(&self, dest: &NodeId, range: ByteRange) -> Result<(), String> {
-        let bits = self.cache.bits(&[range]).map_err(|e| e.to_string())?;
+    /// Clears `dest`'s bits of `parts` in the store (generation-checked, one
+    /// round trip), then in the cache.
+    async fn clear(&self, dest: &NodeId, parts: &[ByteRange]) -> Result<(), String> {
+        let bits = self.cache.bits(parts).map_err(|e| e.to_string())?;
         let call = self
             .store
             .clear_dirty(&self.cfg.image, dest, self.cfg.generation.0, &bits);

@@ -646,6 +646,7 @@ impl Sim {
         let (copy, fx) = BatchCopy::start::<(u64, u64)>(Batch {
             dest: node_id(dest),
             range,
+            parts: vec![range],
             sources,
         });
         self.writers[w].syncs.insert(
