@@ -293,24 +293,13 @@ impl Remote<'_> {
 
     /// One request with one answer (a `Checksum`), within the timeout.
     pub(crate) async fn call(&self, node: &NodeId, op: Op) -> Result<Response, CopyFailure> {
-        let work = async {
-            let client = self
-                .peers
-                .client(node)
-                .await
-                .map_err(CopyFailure::timeout)?;
+        self.with_client(node, |client| async move {
             client
                 .call(self.image, self.generation, op)
                 .await
                 .map_err(|e| CopyFailure::from_client(&e))
-        };
-        match tokio::time::timeout(self.timeout, work).await {
-            Ok(r) => r,
-            Err(_) => Err(CopyFailure::timeout(format!(
-                "no answer from {node} within {:?}",
-                self.timeout
-            ))),
-        }
+        })
+        .await
     }
 
     /// Writes data pieces and punches holes on `node`, every request
@@ -353,14 +342,7 @@ impl Remote<'_> {
         node: &NodeId,
         parts: &[ByteRange],
     ) -> Result<Vec<SourcePiece<Bytes>>, CopyFailure> {
-        let mut used = None;
-        let work = async {
-            let client = self
-                .peers
-                .client(node)
-                .await
-                .map_err(CopyFailure::timeout)?;
-            used = Some(Arc::clone(&client));
+        self.with_client(node, |client| async move {
             let mut streams = Vec::with_capacity(parts.len());
             for p in parts {
                 let op = Op::StreamRange {
@@ -383,28 +365,71 @@ impl Remote<'_> {
                             out.push(SourcePiece::Hole(ByteRange::new(offset, len)))
                         }
                         Some(Response::StreamEnd { .. }) => break,
-                        Some(Response::Error(reply)) => {
-                            return Err(CopyFailure::from_client(&ClientError::Remote {
-                                node: node.clone(),
-                                reply,
-                            }))
-                        }
-                        Some(other) => {
-                            return Err(CopyFailure::timeout(format!(
-                                "unexpected answer from {node}: {other:?}"
-                            )))
-                        }
-                        None => {
-                            return Err(CopyFailure::timeout(ClientError::ConnectionLost {
-                                node: node.clone(),
-                            }))
-                        }
+                        other => return Err(not_answered(node, other)),
                     }
                 }
             }
             Ok(out)
+        })
+        .await
+    }
+
+    /// Sends every request at once, then collects the answers in order.
+    /// A timeout or a lost connection drops the client, so the next call
+    /// reconnects (a closed client would otherwise keep a dead socket and
+    /// let every later call wait out the timeout).
+    async fn exchange(&self, node: &NodeId, requests: Vec<Op>) -> Result<Vec<Bytes>, CopyFailure> {
+        let started = Instant::now();
+        let res = self
+            .with_client(node, |client| async move {
+                let mut waiting = Vec::with_capacity(requests.len());
+                for op in requests {
+                    let rx = client
+                        .start(self.image, self.generation, op)
+                        .map_err(|e| CopyFailure::from_client(&e))?;
+                    waiting.push(rx);
+                }
+                let mut out = Vec::with_capacity(waiting.len());
+                for mut rx in waiting {
+                    match rx.recv().await {
+                        Some(Response::Ok { data, .. }) => out.push(data),
+                        other => return Err(not_answered(node, other)),
+                    }
+                }
+                Ok(out)
+            })
+            .await;
+        // Latency counts successes only: a timeout says nothing about how
+        // fast the peer is once it answers again.
+        if res.is_ok() {
+            self.peers.record_latency(node, started.elapsed());
+        }
+        res
+    }
+
+    /// Runs `work` with `node`'s client within the timeout. A timeout or a
+    /// lost connection drops the client, so the next call reconnects (a
+    /// closed client would otherwise keep a dead socket and let every later
+    /// call wait out the timeout).
+    async fn with_client<'a, T, F>(
+        &'a self,
+        node: &'a NodeId,
+        work: impl FnOnce(Arc<crate::node::PeerClient>) -> F,
+    ) -> Result<T, CopyFailure>
+    where
+        F: std::future::Future<Output = Result<T, CopyFailure>> + 'a,
+    {
+        let mut used = None;
+        let run = async {
+            let client = self
+                .peers
+                .client(node)
+                .await
+                .map_err(CopyFailure::timeout)?;
+            used = Some(Arc::clone(&client));
+            work(client).await
         };
-        let res = match tokio::time::timeout(self.timeout, work).await {
+        let res = match tokio::time::timeout(self.timeout, run).await {
             Ok(r) => r,
             Err(_) => Err(CopyFailure::timeout(format!(
                 "no answer from {node} within {:?}",
@@ -418,70 +443,17 @@ impl Remote<'_> {
         }
         res
     }
+}
 
-    /// Sends every request at once, then collects the answers in order.
-    /// A timeout or a lost connection drops the client, so the next call
-    /// reconnects (a closed client would otherwise keep a dead socket and
-    /// let every later call wait out the timeout).
-    async fn exchange(&self, node: &NodeId, requests: Vec<Op>) -> Result<Vec<Bytes>, CopyFailure> {
-        let started = Instant::now();
-        let mut used = None;
-        let work = async {
-            let client = self
-                .peers
-                .client(node)
-                .await
-                .map_err(CopyFailure::timeout)?;
-            used = Some(Arc::clone(&client));
-            let mut waiting = Vec::with_capacity(requests.len());
-            for op in requests {
-                let rx = client
-                    .start(self.image, self.generation, op)
-                    .map_err(|e| CopyFailure::from_client(&e))?;
-                waiting.push(rx);
-            }
-            let mut out = Vec::with_capacity(waiting.len());
-            for mut rx in waiting {
-                match rx.recv().await {
-                    Some(Response::Ok { data, .. }) => out.push(data),
-                    Some(Response::Error(reply)) => {
-                        return Err(CopyFailure::from_client(&ClientError::Remote {
-                            node: node.clone(),
-                            reply,
-                        }))
-                    }
-                    Some(other) => {
-                        return Err(CopyFailure::timeout(format!(
-                            "unexpected answer from {node}: {other:?}"
-                        )))
-                    }
-                    None => {
-                        return Err(CopyFailure::timeout(ClientError::ConnectionLost {
-                            node: node.clone(),
-                        }))
-                    }
-                }
-            }
-            Ok(out)
-        };
-        let res = match tokio::time::timeout(self.timeout, work).await {
-            Ok(r) => r,
-            Err(_) => Err(CopyFailure::timeout(format!(
-                "no answer from {node} within {:?}",
-                self.timeout
-            ))),
-        };
-        match &res {
-            Ok(_) => self.peers.record_latency(node, started.elapsed()),
-            // Latency counts successes only: a timeout says nothing about
-            // how fast the peer is once it answers again.
-            Err(f) if f.connection_suspect() => {
-                if let Some(c) = &used {
-                    self.peers.forget(node, c).await;
-                }
-            }
-            Err(_) => {}
-        }
-        res
+/// The failure an answer other than the expected one means: the node's
+/// error, an unexpected frame, or a lost connection.
+fn not_answered(node: &NodeId, got: Option<Response>) -> CopyFailure {
+    match got {
+        Some(Response::Error(reply)) => CopyFailure::from_client(&ClientError::Remote {
+            node: node.clone(),
+            reply,
+        }),
+        Some(other) => CopyFailure::timeout(format!("unexpected answer from {node}: {other:?}")),
+        None => CopyFailure::timeout(ClientError::ConnectionLost { node: node.clone() }),
     }
 }
