@@ -1,6 +1,7 @@
 //! `locus image …`: create, destroy, list, info, move, set; sync and verify
 //! (in [`super::sync`]).
 
+use super::lease_here::SecretArg;
 use super::sync::{self, JobArgs};
 use crate::exit::{CliError, CliResult};
 use crate::output::{list, Out, Table};
@@ -138,9 +139,9 @@ pub struct JobOn {
     /// the others).
     #[arg(long)]
     location: Option<String>,
-    /// Cluster secret, to take the lease when no node holds it.
-    #[arg(long, env = "LOCUS_CLUSTER_SECRET_FILE")]
-    cluster_secret_file: Option<std::path::PathBuf>,
+    /// To take the lease when no node holds it.
+    #[command(flatten)]
+    secret: SecretArg,
 }
 
 fn size(what: &'static str, s: &str) -> CliResult<ByteSize> {
@@ -161,7 +162,7 @@ async fn job_args(s: &dyn MetadataStore, kind: JobKind, on: JobOn) -> CliResult<
         blocks: rec.image.block_range(st, en)?,
         location: on.location.map(|l| parse::<NodeId>(&l)).transpose()?,
         rate_mb: None,
-        secret_file: on.cluster_secret_file,
+        secret_file: on.secret.cluster_secret_file,
     })
 }
 
