@@ -53,20 +53,13 @@ pub struct WriterHere {
 
 impl WriterHere {
     /// Takes the write lease of `image` as [`CLI_NODE`] with the cluster
-    /// secret in `secret_file` (a trailing newline is ignored, as locusd
-    /// does), reconciles, and returns the serving writer. Refused (exit 3)
-    /// while another node holds the lease.
+    /// secret (see [`read_secret`]), reconciles, and returns the serving
+    /// writer. Refused (exit 3) while another node holds the lease.
     pub async fn take(
         store: &Arc<dyn MetadataStore>,
         image: &ImageName,
-        secret_file: &Path,
+        secret: ClusterSecret,
     ) -> CliResult<WriterHere> {
-        let secret = std::fs::read(secret_file).map_err(|e| {
-            CliError::Invalid(format!(
-                "cannot read the cluster secret file {}: {e}",
-                secret_file.display()
-            ))
-        })?;
         let node = NodeId::new(CLI_NODE).map_err(CliError::Store)?;
         let dir = tempfile::tempdir()
             .map_err(|e| CliError::Invalid(format!("cannot make a temporary directory: {e}")))?;
@@ -78,7 +71,7 @@ impl WriterHere {
         ));
         let handshake = HandshakeConfig {
             node_id: node,
-            secret: ClusterSecret::new(trim_secret(secret)),
+            secret,
         };
         let cfg = WriterConfig::new(MirrorConfig::new(
             image.clone(),
@@ -104,10 +97,17 @@ impl WriterHere {
     }
 }
 
-/// A secret file's bytes without a trailing newline (as locusd reads it).
-fn trim_secret(mut s: Vec<u8>) -> Vec<u8> {
+/// The cluster secret in `path`, without a trailing newline (as locusd
+/// reads it). An unreadable file is bad input (exit 1).
+pub fn read_secret(path: &Path) -> CliResult<ClusterSecret> {
+    let mut s = std::fs::read(path).map_err(|e| {
+        CliError::Invalid(format!(
+            "cannot read the cluster secret file {}: {e}",
+            path.display()
+        ))
+    })?;
     while s.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
         s.pop();
     }
-    s
+    Ok(ClusterSecret::new(s))
 }

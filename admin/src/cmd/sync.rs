@@ -24,7 +24,7 @@ use blockmap::types::{BlockRange, ImageName, NodeId};
 use drbd_like_sync::mirror::job::run_job;
 use serde::Serialize;
 
-use super::lease_here::{live_holder, WriterHere, CLI_NODE};
+use super::lease_here::{live_holder, read_secret, WriterHere, CLI_NODE};
 use super::progress::Progress;
 use crate::exit::{chain, CliError, CliResult};
 use crate::output::Out;
@@ -269,7 +269,7 @@ async fn run_here(store: &Arc<dyn MetadataStore>, out: Out, args: &JobArgs) -> C
             kind_word(args.kind)
         )));
     };
-    let here = WriterHere::take(store, &args.image, path).await?;
+    let here = WriterHere::take(store, &args.image, read_secret(path)?).await?;
     let writer = here.writer();
     let mut job = SyncJob::new(0, args.kind, args.blocks, "locus");
     job.location = args.location.clone();
