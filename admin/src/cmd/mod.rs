@@ -9,3 +9,4 @@ pub mod progress;
 pub mod sparse_copy;
 pub mod sync;
 pub mod target;
+pub mod transfer;
