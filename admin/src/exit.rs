@@ -20,7 +20,7 @@ pub const CORRUPT: u8 = 5;
 /// secret was given to take it here.
 pub const NOT_AVAILABLE: u8 = 6;
 /// The sync or verify job ran and failed, or verify found copies that
-/// differ (details in the output).
+/// differ (details in the output), or an import or export failed midway.
 pub const FAILED: u8 = 7;
 /// Cancelled with Ctrl-C (what landed stays; running again resumes).
 pub const CANCELLED: u8 = 130;
@@ -35,9 +35,12 @@ Exit codes:
   4  metadata store unavailable (down, busy, wrong password)
   5  metadata store corrupt
   6  not available: no node holds the image's lease to run a sync or verify,
-     and no --cluster-secret-file was given to take it here
-  7  the sync or verify job failed, or verify found copies that differ
-130  cancelled with Ctrl-C (what landed stays in sync; run again to resume)
+     and no --cluster-secret-file was given to take it here (import and
+     export always need it)
+  7  the sync or verify job failed, or verify found copies that differ,
+     or an import or export failed midway (qemu-img, a write, a read)
+130  cancelled with Ctrl-C (a sync: what landed stays in sync, run again to
+     resume; an import: the image stays with what landed)
 
 The store is chosen with --metadata URL or LOCUS_METADATA:
   redis://[:password@]host:port/db   a shared Redis server
@@ -122,3 +125,16 @@ impl std::fmt::Display for CliError {
 
 /// Result of a command.
 pub type CliResult<T = ()> = Result<T, CliError>;
+
+/// An error and its sources, joined with ": " (for messages that name the
+/// root cause, such as "no space left on device").
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

@@ -196,10 +196,30 @@ async fn require_nodes(
 
 // ---- images ----
 
+/// The record `spec` makes, once its nodes are known to be registered.
+async fn valid_record(store: &dyn MetadataStore, spec: &ImageSpec) -> Result<ImageRecord> {
+    let rec = ImageRecord::create(spec)?;
+    require_nodes(store, spec.locations.iter().chain(&spec.hypervisors)).await?;
+    Ok(rec)
+}
+
+/// Checks that `spec` could be created now, changing nothing: its geometry
+/// is valid, every location and hypervisor is a registered node, and the
+/// name is free. For a command that has work to do before it creates the
+/// image (`locus image import`); [`create_image`] checks again, the name
+/// atomically.
+pub async fn check_new_image(store: &dyn MetadataStore, spec: &ImageSpec) -> Result<ImageRecord> {
+    let rec = valid_record(store, spec).await?;
+    match store.load_image(&spec.name).await {
+        Ok(_) => Err(Error::ImageExists(spec.name.clone())),
+        Err(Error::ImageNotFound(_)) => Ok(rec),
+        Err(e) => Err(e),
+    }
+}
+
 /// Creates an image; every location and hypervisor must be a registered node.
 pub async fn create_image(store: &dyn MetadataStore, spec: &ImageSpec) -> Result<ImageRecord> {
-    let mut rec = ImageRecord::create(spec)?;
-    require_nodes(store, spec.locations.iter().chain(&spec.hypervisors)).await?;
+    let mut rec = valid_record(store, spec).await?;
     store.create_image(&rec).await?;
     rec.version = 1;
     Ok(rec)

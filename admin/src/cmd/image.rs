@@ -1,7 +1,9 @@
 //! `locus image …`: create, destroy, list, info, move, set; sync and verify
-//! (in [`super::sync`]).
+//! (in [`super::sync`]); import and export (in [`super::transfer`]).
 
+use super::lease_here::SecretArg;
 use super::sync::{self, JobArgs};
+use super::transfer::{self, ExportArgs, ImportArgs};
 use crate::exit::{CliError, CliResult};
 use crate::output::{list, Out, Table};
 use crate::{bounds, parse};
@@ -25,22 +27,55 @@ pub enum ImageCmd {
         /// Size, e.g. 8G, 512M, 4096 (a multiple of the logical block size).
         #[arg(long)]
         size: String,
-        /// Block size, a power of two.
-        #[arg(long, default_value_t = DEFAULT_BLOCK_SIZE.to_string())]
-        block_size: String,
-        /// Logical block size: 512 or 4096.
-        #[arg(long, default_value_t = 512)]
-        logical_block_size: u32,
-        /// Out-of-sync tracking granularity, a power of two from 4K to the block size.
-        #[arg(long, default_value_t = DEFAULT_GRANULARITY.to_string())]
-        granularity: String,
-        /// Nodes holding the image, comma-separated.
-        #[arg(long, value_delimiter = ',', required = true)]
-        location: Vec<String>,
-        /// Nodes allowed to serve the image as target (repeatable or comma-separated).
-        #[arg(long, value_delimiter = ',')]
-        hypervisor: Vec<String>,
+        /// Geometry, locations and hypervisors.
+        #[command(flatten)]
+        new: NewImage,
     },
+    /// Create an image from a raw or qcow2 file, and write the file into
+    /// every location.
+    ///
+    /// The image gets the file's size (a qcow2 file's virtual size), which
+    /// must be a multiple of the logical block size; an existing image name
+    /// or a file of another size is refused before anything is created.
+    ///
+    /// The data goes through the image's writer, as a VM's writes do: locus
+    /// takes the image's write lease itself (as node locus-cli, with
+    /// --cluster-secret-file), and every location accepts every write before
+    /// the next one goes out. A new image has no target, so nobody else
+    /// holds its lease.
+    ///
+    /// Holes stay holes: only the file's data extents are read (SEEK_DATA
+    /// and SEEK_HOLE), in pieces of at most 4 MiB, and 64 KiB chunks of
+    /// zeros in them are not written. A new image is a hole on every
+    /// location, so a sparse file stays sparse on every copy.
+    ///
+    /// qcow2 (--format qcow2) is first converted with
+    /// `qemu-img convert -f qcow2 -O raw` (qemu-utils) into a sparse raw
+    /// file in a temporary directory ($TMPDIR), removed afterwards.
+    ///
+    /// If a write fails midway the import stops and says so; the image
+    /// stays, with what landed, and `locus image destroy NAME` removes it.
+    #[command(verbatim_doc_comment)]
+    Import(ImportArgs),
+    /// Write an image out to a raw or qcow2 file.
+    ///
+    /// locus takes the image's write lease itself (as node locus-cli, with
+    /// --cluster-secret-file) for the duration, so that nothing writes the
+    /// image while it is read, and reads every block from an in-sync copy.
+    /// While a node holds the lease (a target serves the image) the export
+    /// is refused: reading a disk that a VM is writing would give a torn
+    /// copy. Stop serving it first (`locus target lun remove`).
+    ///
+    /// Holes stay holes: FILE is created sparse at the image's size, and
+    /// 64 KiB chunks of zeros are not written into it. FILE is written
+    /// under a temporary name next to it and renamed when complete; an
+    /// existing FILE is refused unless --force.
+    ///
+    /// qcow2 (--format qcow2): the image is exported into a sparse raw file
+    /// in a temporary directory ($TMPDIR), then converted with
+    /// `qemu-img convert -f raw -O qcow2` (qemu-utils).
+    #[command(verbatim_doc_comment)]
+    Export(ExportArgs),
     /// Destroy an image (refused while a target serves it, unless --force).
     Destroy {
         /// Image name.
@@ -123,6 +158,53 @@ pub enum ImageCmd {
     },
 }
 
+/// What a new image is made of besides its name and size (`image create`,
+/// `image import`).
+#[derive(Debug, clap::Args)]
+pub struct NewImage {
+    /// Block size, a power of two.
+    #[arg(long, default_value_t = DEFAULT_BLOCK_SIZE.to_string())]
+    block_size: String,
+    /// Logical block size: 512 or 4096.
+    #[arg(long, default_value_t = 512)]
+    logical_block_size: u32,
+    /// Out-of-sync tracking granularity, a power of two from 4K to the block size.
+    #[arg(long, default_value_t = DEFAULT_GRANULARITY.to_string())]
+    granularity: String,
+    /// Nodes holding the image, comma-separated.
+    #[arg(long, value_delimiter = ',', required = true)]
+    location: Vec<String>,
+    /// Nodes allowed to serve the image as target (repeatable or comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    hypervisor: Vec<String>,
+}
+
+impl NewImage {
+    /// The logical block size asked for.
+    pub fn logical_block_size(&self) -> CliResult<LogicalBlockSize> {
+        Ok(LogicalBlockSize::try_from(self.logical_block_size)?)
+    }
+
+    /// The spec of image `name` of `bytes` bytes, its arguments parsed (not
+    /// yet checked against each other: [`ops::create_image`] does).
+    pub fn spec(&self, name: ImageName, bytes: ByteSize) -> CliResult<ImageSpec> {
+        let nodes = |v: &[String]| {
+            v.iter()
+                .map(|l| parse::<NodeId>(l))
+                .collect::<CliResult<_>>()
+        };
+        Ok(ImageSpec {
+            name,
+            size: bytes,
+            block_size: size("block size", &self.block_size)?,
+            logical_block_size: self.logical_block_size()?,
+            granularity: size("granularity", &self.granularity)?,
+            locations: nodes(&self.location)?,
+            hypervisors: nodes(&self.hypervisor)?,
+        })
+    }
+}
+
 /// What a sync or verify works on.
 #[derive(Debug, clap::Args)]
 pub struct JobOn {
@@ -138,9 +220,9 @@ pub struct JobOn {
     /// the others).
     #[arg(long)]
     location: Option<String>,
-    /// Cluster secret, to take the lease when no node holds it.
-    #[arg(long, env = "LOCUS_CLUSTER_SECRET_FILE")]
-    cluster_secret_file: Option<std::path::PathBuf>,
+    /// To take the lease when no node holds it.
+    #[command(flatten)]
+    secret: SecretArg,
 }
 
 fn size(what: &'static str, s: &str) -> CliResult<ByteSize> {
@@ -161,7 +243,7 @@ async fn job_args(s: &dyn MetadataStore, kind: JobKind, on: JobOn) -> CliResult<
         blocks: rec.image.block_range(st, en)?,
         location: on.location.map(|l| parse::<NodeId>(&l)).transpose()?,
         rate_mb: None,
-        secret_file: on.cluster_secret_file,
+        secret_file: on.secret.cluster_secret_file,
     })
 }
 
@@ -172,27 +254,9 @@ pub async fn run(store: &Arc<dyn MetadataStore>, out: Out, cmd: ImageCmd) -> Cli
         ImageCmd::Create {
             name,
             size: sz,
-            block_size,
-            logical_block_size,
-            granularity,
-            location,
-            hypervisor,
+            new,
         } => {
-            let spec = ImageSpec {
-                name: parse(&name)?,
-                size: size("size", &sz)?,
-                block_size: size("block size", &block_size)?,
-                logical_block_size: LogicalBlockSize::try_from(logical_block_size)?,
-                granularity: size("granularity", &granularity)?,
-                locations: location
-                    .iter()
-                    .map(|l| parse::<NodeId>(l))
-                    .collect::<CliResult<_>>()?,
-                hypervisors: hypervisor
-                    .iter()
-                    .map(|l| parse::<NodeId>(l))
-                    .collect::<CliResult<_>>()?,
-            };
+            let spec = new.spec(parse(&name)?, size("size", &sz)?)?;
             let rec = ops::create_image(s, &spec).await?;
             let info = Info::of(&rec);
             out.emit(&info, || {
@@ -265,6 +329,8 @@ pub async fn run(store: &Arc<dyn MetadataStore>, out: Out, cmd: ImageCmd) -> Cli
                 )
             });
         }
+        ImageCmd::Import(args) => return transfer::import(store, out, args).await,
+        ImageCmd::Export(args) => return transfer::export(store, out, args).await,
         ImageCmd::Sync { on, rate } => {
             let args = JobArgs {
                 rate_mb: rate,

@@ -10,10 +10,9 @@
 //!
 //! When no node holds the lease (no target serves the image), `locus`
 //! takes the lease itself for the duration, with the cluster secret
-//! (`--cluster-secret-file`), reconciles like any new writer, runs the job
-//! here and gives the lease back.
+//! (`--cluster-secret-file`, see [`super::lease_here`]), reconciles like
+//! any new writer, runs the job here and gives the lease back.
 
-use std::io::IsTerminal;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,19 +20,14 @@ use std::time::{Duration, Instant};
 use blockmap::ops;
 use blockmap::store::MetadataStore;
 use blockmap::sync::{JobKind, JobState, LocationProgress, Mismatch, SyncJob};
-use blockmap::types::{BlockRange, ImageName, NodeId, UnixMillis};
+use blockmap::types::{BlockRange, ImageName, NodeId};
 use drbd_like_sync::mirror::job::run_job;
-use drbd_like_sync::mirror::{MirrorConfig, Writer, WriterConfig};
-use drbd_like_sync::node::{ImageTable, StoreCatalog};
-use drbd_like_sync::proto::{ClusterSecret, HandshakeConfig};
-use drbd_like_sync::storage::EngineChoice;
 use serde::Serialize;
 
-use crate::exit::{CliError, CliResult};
+use super::lease_here::{live_holder, read_secret, WriterHere, CLI_NODE};
+use super::progress::Progress;
+use crate::exit::{chain, CliError, CliResult};
 use crate::output::Out;
-
-/// The node id `locus` uses when it takes a lease itself.
-pub const CLI_NODE: &str = "locus-cli";
 /// How long a lease holder has to pick a queued job up.
 const PICKUP_WAIT: Duration = Duration::from_secs(30);
 
@@ -162,11 +156,7 @@ pub async fn run(store: &Arc<dyn MetadataStore>, out: Out, args: JobArgs) -> Cli
             }));
         }
     }
-    let lease = s.get_lease(&args.image).await?;
-    let held = lease
-        .as_ref()
-        .filter(|l| !l.expired_at(UnixMillis::now()) && l.holder.as_str() != CLI_NODE);
-    let job = match held {
+    let job = match live_holder(s, &args.image).await? {
         Some(_) => follow(store, out, &args).await?,
         None => run_here(store, out, &args).await?,
     };
@@ -226,7 +216,7 @@ async fn follow(store: &Arc<dyn MetadataStore>, out: Out, args: &JobArgs) -> Cli
             args.image
         )));
     }
-    let bar = Progress::new(out, args.kind);
+    let bar = Progress::new(out, kind_word(args.kind));
     let asked = Instant::now();
     let mut ctrl_c = std::pin::pin!(tokio::signal::ctrl_c());
     loop {
@@ -239,7 +229,7 @@ async fn follow(store: &Arc<dyn MetadataStore>, out: Out, args: &JobArgs) -> Cli
                 args.image
             )));
         };
-        bar.show(&j);
+        show_job(&bar, &j);
         if j.state.is_finished() {
             bar.finish();
             return Ok(j);
@@ -281,50 +271,25 @@ async fn run_here(store: &Arc<dyn MetadataStore>, out: Out, args: &JobArgs) -> C
             kind_word(args.kind)
         )));
     };
-    let secret = std::fs::read(path).map_err(|e| {
-        CliError::Invalid(format!(
-            "cannot read the cluster secret file {}: {e}",
-            path.display()
-        ))
-    })?;
-    let node = NodeId::new(CLI_NODE).map_err(CliError::Store)?;
-    let dir = tempfile::tempdir()
-        .map_err(|e| CliError::Invalid(format!("cannot make a temporary directory: {e}")))?;
-    let table = Arc::new(ImageTable::new(
-        node.clone(),
-        dir.path(),
-        EngineChoice::Auto.into(),
-        Arc::new(StoreCatalog(Arc::clone(store))),
-    ));
-    let handshake = HandshakeConfig {
-        node_id: node,
-        secret: ClusterSecret::new(trim_secret(secret)),
-    };
-    let cfg = WriterConfig::new(MirrorConfig::new(
-        args.image.clone(),
-        drbd_like_sync::core::Generation(0),
-        handshake,
-    ));
-    let writer = Writer::take(cfg, Arc::clone(store), table)
-        .await
-        .map_err(|e| CliError::Refused(format!("cannot take the write lease: {}", chain(&e))))?;
+    let here = WriterHere::take(store, &args.image, read_secret(path)?).await?;
+    let writer = here.writer();
     let mut job = SyncJob::new(0, args.kind, args.blocks, "locus");
     job.location = args.location.clone();
     job.rate = args.rate_mb.map(|r| r.saturating_mul(1_000_000));
     job.runner = Some(NodeId::new(CLI_NODE).map_err(CliError::Store)?);
     job.generation = Some(writer.generation().0);
     job.state = JobState::Running;
-    let bar = Progress::new(out, args.kind);
+    let bar = Progress::new(out, kind_word(args.kind));
     let cancel = AtomicBool::new(false);
     let shared = std::sync::Mutex::new(job);
-    let show = |j: &SyncJob| bar.show(j);
+    let show = |j: &SyncJob| show_job(&bar, j);
     let outcome = tokio::select! {
-        r = run_job(&writer, &shared, &cancel, &show) => r,
+        r = run_job(writer, &shared, &cancel, &show) => r,
         _ = tokio::signal::ctrl_c() => Err(drbd_like_sync::mirror::ResyncError::Cancelled {
             image: args.image.to_string(),
         }),
     };
-    let closed = writer.close().await;
+    let closed = here.close().await;
     bar.finish();
     let mut job = shared.into_inner().unwrap_or_else(|p| p.into_inner());
     match outcome {
@@ -346,14 +311,6 @@ async fn run_here(store: &Arc<dyn MetadataStore>, out: Out, args: &JobArgs) -> C
     Ok(job)
 }
 
-/// A secret file's bytes without a trailing newline (as locusd reads it).
-fn trim_secret(mut s: Vec<u8>) -> Vec<u8> {
-    while s.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
-        s.pop();
-    }
-    s
-}
-
 fn kind_word(k: JobKind) -> &'static str {
     match k {
         JobKind::Sync => "sync",
@@ -361,77 +318,11 @@ fn kind_word(k: JobKind) -> &'static str {
     }
 }
 
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
-
-/// A progress bar on a terminal; otherwise a plain line every few seconds
-/// (on stderr, so that `--json` output stays clean).
-struct Progress {
-    bar: Option<indicatif::ProgressBar>,
-    last_line: std::sync::Mutex<Option<Instant>>,
-    quiet: bool,
-}
-
-impl Progress {
-    fn new(out: Out, kind: JobKind) -> Self {
-        let tty = std::io::stderr().is_terminal() && !out.json;
-        let bar = tty.then(|| {
-            let b = indicatif::ProgressBar::new(0);
-            let verb = kind_word(kind);
-            let style = indicatif::ProgressStyle::with_template(&format!(
-                "{verb} [{{bar:40}}] {{bytes}}/{{total_bytes}} {{bytes_per_sec}} ETA {{eta}}"
-            ))
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
-            b.set_style(style.progress_chars("=> "));
-            b
-        });
-        Progress {
-            bar,
-            last_line: std::sync::Mutex::new(None),
-            quiet: out.json,
-        }
-    }
-
-    fn show(&self, j: &SyncJob) {
-        if let Some(b) = &self.bar {
-            b.set_length(j.total_bytes);
-            b.set_position(j.done_bytes);
-            return;
-        }
-        if self.quiet {
-            return;
-        }
-        let mut last = self.last_line.lock().unwrap_or_else(|p| p.into_inner());
-        if last.is_some_and(|t| t.elapsed() < Duration::from_secs(5)) {
-            return;
-        }
-        *last = Some(Instant::now());
-        let pct = if j.total_bytes == 0 {
-            100.0
-        } else {
-            j.done_bytes as f64 * 100.0 / j.total_bytes as f64
-        };
-        eprintln!(
-            "{} {}: {} of {} bytes ({pct:.0}%) after {:.1}s",
-            kind_word(j.kind),
-            state_word(j.state),
-            j.done_bytes,
-            j.total_bytes,
-            j.elapsed_ms as f64 / 1000.0
-        );
-    }
-
-    fn finish(&self) {
-        if let Some(b) = &self.bar {
-            b.finish_and_clear();
-        }
-    }
+fn show_job(bar: &Progress, j: &SyncJob) {
+    bar.show(
+        j.done_bytes,
+        j.total_bytes,
+        state_word(j.state),
+        Duration::from_millis(j.elapsed_ms),
+    );
 }

@@ -314,6 +314,12 @@ impl Cluster {
         c
     }
 
+    /// The cluster secret file every node is given, for `locus
+    /// --cluster-secret-file` (commands that take a lease themselves).
+    pub fn secret_path(&self) -> &Path {
+        &self.secret
+    }
+
     /// Runs `locus --metadata URL ARGS`.
     pub fn locus(&self, args: &[&str]) -> Run {
         locus(&self.url, args)
