@@ -558,6 +558,40 @@ mod resync_rules {
         assert_eq!(got[0].bytes(), 4 * 4096);
     }
 
+    #[test]
+    fn holes_join_the_data_batches_around_them() {
+        use drbd_like_sync::core::resync::join_holes;
+        let b = |off: u64, len: u64| Batch {
+            dest: n("c"),
+            range: ByteRange::new(off, len),
+            parts: vec![ByteRange::new(off, len)],
+            sources: vec![n("a")],
+        };
+        let limits = BatchLimits {
+            max_span: 8 << 20,
+            max_parts: 8,
+        };
+        // 4 MiB of data, a 1 GiB hole, 4 MiB, a hole, 4 MiB: the holes ride
+        // along with the batch before them, whose data stays within 8 MiB.
+        let list = vec![
+            (b(0, 4 << 20), false),
+            (b(4 << 20, 1 << 30), true),
+            (b((1 << 30) + (4 << 20), 4 << 20), false),
+            (b((1 << 30) + (8 << 20), 1 << 20), true),
+            (b((1 << 30) + (9 << 20), 4 << 20), false),
+        ];
+        let got = join_holes(list, limits);
+        assert_eq!(
+            got.iter()
+                .map(|b| (b.range, b.parts.len()))
+                .collect::<Vec<_>>(),
+            vec![
+                (ByteRange::new(0, (1 << 30) + (9 << 20)), 4),
+                (ByteRange::new((1 << 30) + (9 << 20), 4 << 20), 1),
+            ]
+        );
+    }
+
     fn batch() -> Batch {
         Batch {
             dest: n("c"),

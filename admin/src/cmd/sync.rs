@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use blockmap::ops;
 use blockmap::store::MetadataStore;
 use blockmap::sync::{JobKind, JobState, LocationProgress, Mismatch, SyncJob};
-use blockmap::types::{BlockRange, ImageName, NodeId};
+use blockmap::types::{BlockRange, ImageName, NodeId, UnixMillis};
 use drbd_like_sync::mirror::job::run_job;
 use serde::Serialize;
 
@@ -192,32 +192,54 @@ async fn follow(store: &Arc<dyn MetadataStore>, out: Out, args: &JobArgs) -> Cli
     job.location = args.location.clone();
     job.rate = args.rate_mb.map(|r| r.saturating_mul(1_000_000));
     let existing = ops::sync_job(s, &args.image).await?;
-    if let Some((_, j)) = existing
-        .as_ref()
-        .filter(|(_, j)| !j.state.is_finished() && j.requested_by != "auto")
-    {
-        return Err(CliError::Refused(format!(
-            "image '{}': a {} job requested by {} at {} is {} ({} of {} bytes); wait for it \
-             to end (it is the lease holder's), then run this again",
-            args.image,
-            kind_word(j.kind),
-            j.requested_by,
-            j.requested.0,
-            state_word(j.state),
-            j.done_bytes,
-            j.total_bytes
-        )));
-    }
-    // A background resync in progress is replaced: its holder stops it
-    // and runs this one, which resumes from the bits.
-    if !ops::put_sync_job(s, &args.image, existing.map(|(v, _)| v), &job).await? {
-        return Err(CliError::Refused(format!(
-            "image '{}': its job document changed meanwhile; run the command again",
-            args.image
-        )));
+    match existing {
+        // An operator's job is still on: follow it rather than start a
+        // second one (after a Ctrl-C of the first `locus`, or a holder
+        // that died: the next writer resumes it).
+        Some((_, j))
+            if !j.state.is_finished() && j.requested_by != "auto" && j.kind == args.kind =>
+        {
+            if !out.json {
+                eprintln!(
+                    "following the {} of image {} requested at {} ({}, {} of {} bytes)",
+                    kind_word(j.kind),
+                    args.image,
+                    j.requested.0,
+                    state_word(j.state),
+                    j.done_bytes,
+                    j.total_bytes
+                );
+            }
+            job = j;
+        }
+        Some((_, j)) if !j.state.is_finished() && j.requested_by != "auto" => {
+            return Err(CliError::Refused(format!(
+                "image '{}': a {} requested at {} is {} ({} of {} bytes); wait for it to \
+                 end, then run this again",
+                args.image,
+                kind_word(j.kind),
+                j.requested.0,
+                state_word(j.state),
+                j.done_bytes,
+                j.total_bytes
+            )));
+        }
+        // A background resync in progress is replaced: its holder stops it
+        // and runs this one, which resumes from the bits.
+        other => {
+            if !ops::put_sync_job(s, &args.image, other.map(|(v, _)| v), &job).await? {
+                return Err(CliError::Refused(format!(
+                    "image '{}': its job document changed meanwhile; run the command again",
+                    args.image
+                )));
+            }
+        }
     }
     let bar = Progress::new(out, kind_word(args.kind));
     let asked = Instant::now();
+    // Since when no node has held the lease (the holder died and nobody
+    // took over): the job waits for the next writer.
+    let mut orphaned: Option<Instant> = None;
     let mut ctrl_c = std::pin::pin!(tokio::signal::ctrl_c());
     loop {
         let now = ops::sync_job(s, &args.image)
@@ -244,6 +266,29 @@ async fn follow(store: &Arc<dyn MetadataStore>, out: Out, args: &JobArgs) -> Cli
                  locusd running (see `locus cluster status` and its log)?",
                 args.image,
                 PICKUP_WAIT.as_secs()
+            )));
+        }
+        let held = s
+            .get_lease(&args.image)
+            .await?
+            .is_some_and(|l| !l.expired_at(UnixMillis::now()));
+        orphaned = if held {
+            None
+        } else {
+            orphaned.or(Some(Instant::now()))
+        };
+        if orphaned.is_some_and(|t| t.elapsed() > PICKUP_WAIT) {
+            bar.finish();
+            return Err(CliError::Unavailable(format!(
+                "image '{}': no node has held its lease for {}s, so the job waits ({} of {} \
+                 bytes done). It resumes when a writer takes the lease again; run `locus \
+                 image sync {}` then to follow it, or give --cluster-secret-file to run it \
+                 here",
+                args.image,
+                PICKUP_WAIT.as_secs(),
+                j.done_bytes,
+                j.total_bytes,
+                args.image
             )));
         }
         tokio::select! {

@@ -146,6 +146,33 @@ pub fn batches(
     (out, super::units::coalesce(orphans))
 }
 
+/// Joins batches over known holes (`true` in the list) to their
+/// neighbours with the same sources, so that a hole costs no flush and no
+/// store round trip of its own: a batch takes at most `limits.max_span`
+/// bytes of data parts, any length of hole parts, and at most
+/// `limits.max_parts` parts. Order is kept.
+pub fn join_holes(list: Vec<(Batch, bool)>, limits: BatchLimits) -> Vec<Batch> {
+    let mut out: Vec<(Batch, u64)> = Vec::new();
+    for (b, hole) in list {
+        let data = if hole { 0 } else { b.bytes() };
+        match out.last_mut() {
+            Some((last, last_data))
+                if last.sources == b.sources
+                    && last.dest == b.dest
+                    && last.parts.len() + b.parts.len() <= limits.max_parts.max(1)
+                    && *last_data + data <= limits.max_span
+                    && last.range.end() <= b.range.offset =>
+            {
+                last.range = ByteRange::from_bounds(last.range.offset, b.range.end());
+                last.parts.extend(b.parts);
+                *last_data += data;
+            }
+            _ => out.push((b, data)),
+        }
+    }
+    out.into_iter().map(|(b, _)| b).collect()
+}
+
 /// One piece of what a source holds in a batch's range.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SourcePiece<D> {

@@ -32,8 +32,8 @@ use bytes::Bytes;
 use super::copies::{CopyFailure, CopyOp};
 use super::Inner;
 use crate::core::resync::{
-    batches, dirty_bytes, Batch, BatchCopy, BatchEffect, BatchError, BatchEvent, BatchLimits,
-    BatchState, Pacer, SourcePiece,
+    batches, dirty_bytes, join_holes, Batch, BatchCopy, BatchEffect, BatchError, BatchEvent,
+    BatchLimits, BatchState, Pacer, SourcePiece,
 };
 use crate::core::{ByteRange, Millis};
 
@@ -249,20 +249,25 @@ impl Inner {
             .into_iter()
             .filter_map(|r| r.intersect(&within))
             .collect();
-        let mut all = Vec::new();
+        let mut all: Vec<(Batch, bool)> = Vec::new();
         let mut orphans = Vec::new();
         // Runs of segments with the same limits are cut into batches
         // together, so that scattered small ranges share batches.
         let mut run: (Vec<ByteRange>, Vec<(ByteRange, Vec<NodeId>)>) = (Vec::new(), Vec::new());
         let mut run_limits = req.limits;
+        let mut cut = |run: &mut (Vec<ByteRange>, Vec<(ByteRange, Vec<NodeId>)>),
+                       limits: BatchLimits| {
+            let (b, o) = batches(dest, &run.0, &run.1, limits);
+            let hole = limits != req.limits;
+            all.extend(b.into_iter().map(|b| (b, hole)));
+            orphans.extend(o);
+            *run = (Vec::new(), Vec::new());
+        };
         for r in &dirty {
             let pieces = self.cache.read_pieces(*r);
             for (part, limits) in self.split_holes(dest, *r, req.limits, g).await {
                 if limits != run_limits && !run.0.is_empty() {
-                    let (b, o) = batches(dest, &run.0, &run.1, run_limits);
-                    all.extend(b);
-                    orphans.extend(o);
-                    run = (Vec::new(), Vec::new());
+                    cut(&mut run, run_limits);
                 }
                 run_limits = limits;
                 run.0.push(part);
@@ -274,10 +279,9 @@ impl Inner {
             }
         }
         if !run.0.is_empty() {
-            let (b, o) = batches(dest, &run.0, &run.1, run_limits);
-            all.extend(b);
-            orphans.extend(o);
+            cut(&mut run, run_limits);
         }
+        let all = join_holes(all, req.limits);
         if !orphans.is_empty() {
             return Err(ResyncError::NoSource {
                 image: self.img(),
