@@ -28,6 +28,7 @@ use std::time::Instant;
 
 use blockmap::types::{BlockRange, NodeId};
 use bytes::Bytes;
+use futures::stream::{FuturesUnordered, StreamExt};
 
 use super::copies::{CopyFailure, CopyOp};
 use super::Inner;
@@ -39,6 +40,8 @@ use crate::core::{ByteRange, Millis};
 
 /// At most this many passes over what writes dirtied again meanwhile.
 const MAX_PASSES: u32 = 8;
+/// Batches copied at once (each over its own range).
+const IN_FLIGHT: usize = 3;
 /// Largest batch over a hole of the local source (punching is cheap).
 const HOLE_SPAN: u64 = 1 << 30;
 /// Holes shorter than this are copied with the data around them.
@@ -359,17 +362,39 @@ impl Inner {
         pacer: &mut Pacer,
         started: Instant,
     ) -> Result<(), ResyncError> {
-        for batch in list {
-            if cancel.load(Ordering::Acquire) {
-                return Err(ResyncError::Cancelled { image: self.img() });
+        // A few batches in flight (each over its own range, each holding
+        // its own lock): one's flush and store round trip overlap the next
+        // one's copy.
+        let mut list = list.into_iter();
+        let mut flying = FuturesUnordered::new();
+        let mut failed: Option<ResyncError> = None;
+        loop {
+            while failed.is_none() && flying.len() < IN_FLIGHT {
+                let Some(batch) = list.next() else { break };
+                if cancel.load(Ordering::Acquire) {
+                    failed = Some(ResyncError::Cancelled { image: self.img() });
+                    break;
+                }
+                if self.fenced.load(Ordering::Acquire)
+                    || self.hooks.gate.as_ref().is_some_and(|g| !g.may_ack())
+                {
+                    failed = Some(ResyncError::Lost { image: self.img() });
+                    break;
+                }
+                let bytes = batch.bytes();
+                flying.push(async move { (bytes, self.run_batch(batch).await) });
             }
-            if self.fenced.load(Ordering::Acquire)
-                || self.hooks.gate.as_ref().is_some_and(|g| !g.may_ack())
-            {
-                return Err(ResyncError::Lost { image: self.img() });
-            }
-            let bytes = batch.bytes();
-            let (data, holes) = self.run_batch(batch).await?;
+            let Some((bytes, res)) = flying.next().await else {
+                break;
+            };
+            let (data, holes) = match res {
+                Ok(x) => x,
+                Err(e) => {
+                    // Stop launching; let the others in flight end.
+                    failed.get_or_insert(e);
+                    continue;
+                }
+            };
             let d = out.dests.entry(dest.clone()).or_default();
             d.copied += data;
             d.holes += holes;
@@ -379,11 +404,14 @@ impl Inner {
             let cost = data + holes / 64;
             let now = Millis(started.elapsed().as_millis() as u64);
             let next = pacer.spent(now, cost);
-            if next > now {
+            if next > now && failed.is_none() {
                 tokio::time::sleep(std::time::Duration::from_millis(next.0 - now.0)).await;
             }
         }
-        Ok(())
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 
     /// One batch under the range lock; its data and hole bytes.
