@@ -148,8 +148,8 @@ add_image fg 2G 64K n1,n2
 log "prefilling fg (2 GiB)"
 fill fg 2048
 # The foreground writes measured during the sync must end before it does:
-# 20000 writes take 1 to 2 s, the 2 GiB sync 4 to 8 s.
-FG_N=20000
+# 10000 writes take about a second, the 2 GiB sync 3 to 8 s.
+FG_N=10000
 FG=(qemu-img bench -f raw -w -c "$FG_N" -d 32 -s 4096 -S $((4096 * PRIME)) "$URL/${LUN_OF[fg]}")
 iops() { awk -v n="$FG_N" '/^Run completed in/ { print n / $4 }' <<<"$1"; }
 log "foreground alone (2 copies)"

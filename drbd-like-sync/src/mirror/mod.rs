@@ -178,6 +178,10 @@ pub(crate) struct Inner {
     problems: Problems,
     /// Set once a copy answered `Fenced`: another writer exists.
     fenced: AtomicBool,
+    /// Foreground operations started (writes, reads): a resync copies with
+    /// fewer batches in flight while this moves, so foreground I/O keeps
+    /// priority (invariant 6).
+    foreground: std::sync::atomic::AtomicU64,
     /// The writer's shell, when a [`Writer`] opened the mirror.
     hooks: Hooks,
 }
@@ -266,6 +270,7 @@ impl Mirror {
             stats: StatsTable::default(),
             problems: Problems::default(),
             fenced: AtomicBool::new(false),
+            foreground: std::sync::atomic::AtomicU64::new(0),
             hooks,
         });
         Ok(Mirror { inner, feed })
@@ -402,6 +407,7 @@ impl BlockBackend for Mirror {
             return None;
         }
         check_range(offset, len as u64, self.inner.size).ok()?;
+        self.inner.foreground.fetch_add(1, Ordering::Relaxed);
         if len == 0
             || !self
                 .inner

@@ -114,6 +114,7 @@ impl Inner {
             return Ok(());
         }
         self.check_ack(what)?;
+        self.foreground.fetch_add(1, Ordering::Relaxed);
         // Held until every task of this write has ended (see `drive`), so an
         // overlapping write cannot overtake it on any copy.
         let _held = self.lock.lock(range).await;
@@ -384,6 +385,7 @@ impl Inner {
             return Ok(Bytes::new());
         }
         self.check_ack("read")?;
+        self.foreground.fetch_add(1, Ordering::Relaxed);
         let place = ReaderPlace {
             node: self.node.clone(),
             site: self.cfg.site.clone(),

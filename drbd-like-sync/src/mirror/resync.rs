@@ -40,7 +40,8 @@ use crate::core::{ByteRange, Millis};
 
 /// At most this many passes over what writes dirtied again meanwhile.
 const MAX_PASSES: u32 = 8;
-/// Batches copied at once (each over its own range).
+/// Batches copied at once (each over its own range) while no foreground
+/// I/O runs; one at a time otherwise.
 const IN_FLIGHT: usize = 3;
 /// Largest batch over a hole of the local source (punching is cheap).
 const HOLE_SPAN: u64 = 1 << 30;
@@ -364,12 +365,17 @@ impl Inner {
     ) -> Result<(), ResyncError> {
         // A few batches in flight (each over its own range, each holding
         // its own lock): one's flush and store round trip overlap the next
-        // one's copy.
+        // one's copy. While foreground I/O runs, one at a time: it keeps
+        // priority.
         let mut list = list.into_iter();
         let mut flying = FuturesUnordered::new();
         let mut failed: Option<ResyncError> = None;
+        let mut seen = self.foreground.load(Ordering::Relaxed);
         loop {
-            while failed.is_none() && flying.len() < IN_FLIGHT {
+            let now = self.foreground.load(Ordering::Relaxed);
+            let limit = if now == seen { IN_FLIGHT } else { 1 };
+            seen = now;
+            while failed.is_none() && flying.len() < limit {
                 let Some(batch) = list.next() else { break };
                 if cancel.load(Ordering::Acquire) {
                     failed = Some(ResyncError::Cancelled { image: self.img() });

@@ -78,7 +78,6 @@ impl Failed {
 }
 
 struct Running {
-    id: u64,
     auto_dest: Option<NodeId>,
     cancel: Arc<AtomicBool>,
     task: tokio::task::JoinHandle<JobState>,
@@ -195,7 +194,6 @@ impl Jobs {
             version,
         };
         self.running = Some(Running {
-            id: job.id,
             auto_dest,
             cancel,
             task: tokio::spawn(run.run()),
@@ -231,11 +229,6 @@ impl Jobs {
             }
         }
         Ok(None)
-    }
-
-    /// The id of the job this writer runs now, if any.
-    pub fn running(&self) -> Option<u64> {
-        self.running.as_ref().map(|r| r.id)
     }
 
     /// Asks the running job to stop (the writer is closing).
@@ -327,5 +320,32 @@ impl Run {
             }
         }
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A failed background resync is retried only once the node beat
+    /// after the failure (it came back), and not before the back-off.
+    #[test]
+    fn a_failed_location_is_retried_once_it_is_back() {
+        let f = Failed {
+            at: Instant::now() - Duration::from_secs(6),
+            wall: UnixTime(1000),
+            times: 0,
+        };
+        assert!(!f.may_retry(None), "never beat");
+        assert!(
+            !f.may_retry(Some(UnixTime(1000))),
+            "no beat since the failure"
+        );
+        assert!(f.may_retry(Some(UnixTime(1001))), "back, and 5 s passed");
+        let again = Failed { times: 3, ..f };
+        assert!(
+            !again.may_retry(Some(UnixTime(1001))),
+            "the fourth failure waits 40 s"
+        );
     }
 }
