@@ -10,7 +10,10 @@
 //! from the copy, but a write plan would skip the copy there without
 //! marking it ([`CopyState::Dirty`]), so such marks are kept as *overdue*
 //! (re-applied after every reload) until a write over them makes them
-//! durable first (invariant 1).
+//! durable first (invariant 1). A mark the store confirmed at a version the
+//! cache has not reached yet is kept too, and re-applied by a reload of an
+//! older record (fetched before the mark), until the cache reaches it: else
+//! reads could use the marked copy meanwhile (invariant 3).
 //!
 //! Knows nothing of copies, sockets or the ack rule; it never calls the
 //! store on the I/O path (only on reload).
@@ -38,7 +41,15 @@ pub(crate) struct PlacementCache {
     rec: RwLock<ImageRecord>,
     /// Marks applied here whose store write failed (see the module docs).
     overdue: Mutex<Vec<MarkDirty>>,
+    /// Marks the store confirmed at a version this cache has not reached
+    /// yet: (version, node, bits). A reload that fetched an older record
+    /// re-applies them, or it would call the copy clean there until the
+    /// feed caught up, and a read could use it (invariant 3).
+    confirmed: Mutex<Vec<ConfirmedMark>>,
 }
+
+/// A mark the store confirmed: (its version, the node, its bit ranges).
+type ConfirmedMark = (u64, NodeId, Vec<(u64, u64)>);
 
 impl PlacementCache {
     /// A cache starting from `rec`.
@@ -48,6 +59,7 @@ impl PlacementCache {
             store,
             rec: RwLock::new(rec),
             overdue: Mutex::new(Vec::new()),
+            confirmed: Mutex::new(Vec::new()),
         }
     }
 
@@ -329,6 +341,39 @@ impl PlacementCache {
         self.reload().await
     }
 
+    /// Sets `bits` of `node` once the store confirmed them at `version`:
+    /// in place (and the cache moves to `version`) when the cache is at
+    /// `version - 1`; otherwise they are also kept until the cache reaches
+    /// `version`, so that no reload of an older record drops them.
+    pub(crate) fn apply_confirmed_mark(&self, node: &NodeId, bits: &[(u64, u64)], version: u64) {
+        let mut rec = self.write();
+        if let Err(e) = rec.set_dirty_bits(node, bits, true) {
+            tracing::warn!(image = %self.name, %node, error = %e, "cannot apply a mark to the cache");
+            return;
+        }
+        if version == rec.version + 1 {
+            rec.version = version;
+        } else if version > rec.version {
+            self.confirmed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push((version, node.clone(), bits.to_vec()));
+        }
+    }
+
+    /// Re-applies the confirmed marks newer than `rec` (after a reload),
+    /// and forgets those it includes.
+    fn reapply_confirmed(&self, rec: &mut ImageRecord) {
+        let mut confirmed = self.confirmed.lock().unwrap_or_else(|e| e.into_inner());
+        confirmed.retain(|(v, _, _)| *v > rec.version);
+        for (_, node, bits) in confirmed.iter() {
+            if let Err(e) = rec.set_dirty_bits(node, bits, true) {
+                tracing::warn!(image = %self.name, %node, error = %e,
+                    "cannot re-apply a confirmed mark to the cache");
+            }
+        }
+    }
+
     /// Applies one change; returns true when the record must be reloaded.
     fn apply_change(&self, change: &Change) -> bool {
         let mut rec = self.write();
@@ -367,12 +412,19 @@ impl PlacementCache {
     /// Reloads the record from the store (kept if the store's is older).
     pub(crate) async fn reload(&self) -> Result<(), blockmap::Error> {
         let fresh = self.store.load_image(&self.name).await?;
+        self.install(fresh);
+        Ok(())
+    }
+
+    /// Replaces the cached record with `fresh` unless the cache is newer,
+    /// keeping the marks that `fresh` may predate (overdue and confirmed).
+    fn install(&self, fresh: ImageRecord) {
         let mut rec = self.write();
         if fresh.version >= rec.version {
             *rec = fresh;
             self.reapply_overdue(&mut rec);
+            self.reapply_confirmed(&mut rec);
         }
-        Ok(())
     }
 
     /// Follows the change feed until the task is aborted; resubscribes
@@ -405,5 +457,52 @@ impl PlacementCache {
                 return f;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use blockmap::image::ImageSpec;
+    use blockmap::types::ByteSize;
+
+    /// A reload that fetched the record before a mark was made must not
+    /// drop the mark: reads would use the marked copy until the change
+    /// feed caught up (invariant 3).
+    #[tokio::test]
+    async fn a_stale_reload_keeps_a_confirmed_mark() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store: Arc<dyn MetadataStore> = Arc::new(
+            blockmap::store::embedded::EmbeddedStore::open(dir.path().into()).expect("store"),
+        );
+        let (a, b) = (NodeId::new("a").expect("id"), NodeId::new("b").expect("id"));
+        let name = ImageName::new("img").expect("name");
+        let spec = ImageSpec::new(name.clone(), ByteSize::mib(8), vec![a.clone(), b.clone()]);
+        let new = ImageRecord::create(&spec).expect("record");
+        store.create_image(&new).await.expect("create");
+        let rec = store.load_image(&name).await.expect("load");
+        let cache = PlacementCache::new(Arc::clone(&store), rec);
+        // A reload starts and fetches the record...
+        let stale = store.load_image(&name).await.expect("load");
+        // ...meanwhile another change and our mark land in the store.
+        store
+            .mark_dirty(&name, &a, 0, &[(100, 101)])
+            .await
+            .expect("mark a");
+        let bits = [(0u64, 2u64)];
+        let out = store.mark_dirty(&name, &b, 0, &bits).await.expect("mark b");
+        cache.apply_confirmed_mark(&b, &bits, out.version);
+        let range = ByteRange::new(0, 4096);
+        assert!(!cache.in_sync(&b, range));
+        // ...and then the reload installs what it fetched.
+        cache.install(stale);
+        assert!(
+            !cache.in_sync(&b, range),
+            "the stale reload dropped the mark"
+        );
+        // Once the cache has a record with the mark, it is forgotten.
+        cache.reload().await.expect("reload");
+        assert!(!cache.in_sync(&b, range));
+        assert!(cache.confirmed.lock().expect("lock").is_empty());
     }
 }

@@ -254,8 +254,11 @@ impl Inner {
             .store
             .mark_dirty(&self.cfg.image, &m.node, self.cfg.generation.0, &bits);
         let failed = match tokio::time::timeout(self.cfg.mark_timeout, call).await {
-            Ok(Ok(_)) => {
-                self.cache.apply_mark(&m.node, &bits);
+            Ok(Ok(outcome)) => {
+                // Again, now for good: a reload since the first apply may
+                // have fetched a record older than the mark.
+                self.cache
+                    .apply_confirmed_mark(&m.node, &bits, outcome.version);
                 return Ok(());
             }
             Ok(Err(e)) => format!("mark of {} failed: {e}", m.node),
