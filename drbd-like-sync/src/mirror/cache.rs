@@ -19,10 +19,11 @@
 //! store on the I/O path (only on reload).
 
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use blockmap::change::Change;
+use blockmap::change::{Change, DocKind};
 use blockmap::placement::SyncState;
 use blockmap::record::ImageRecord;
 use blockmap::store::{ChangeFeed, MetadataStore};
@@ -46,6 +47,9 @@ pub(crate) struct PlacementCache {
     /// re-applies them, or it would call the copy clean there until the
     /// feed caught up, and a read could use it (invariant 3).
     confirmed: Mutex<Vec<ConfirmedMark>>,
+    /// Set when the feed says the image's job document changed (a sync or
+    /// verify was asked for); the writer's job loop takes it.
+    job_changed: AtomicBool,
 }
 
 /// A mark the store confirmed: (its version, the node, its bit ranges).
@@ -60,6 +64,7 @@ impl PlacementCache {
             rec: RwLock::new(rec),
             overdue: Mutex::new(Vec::new()),
             confirmed: Mutex::new(Vec::new()),
+            job_changed: AtomicBool::new(true),
         }
     }
 
@@ -341,6 +346,24 @@ impl PlacementCache {
         self.reload().await
     }
 
+    /// Whether some copy has anything to resync (a dirty bit, or a block
+    /// not in sync), without copying the record.
+    pub(crate) fn needs_sync(&self) -> bool {
+        let rec = self.read();
+        rec.dirty.values().any(|b| !b.is_clean())
+            || rec
+                .placement
+                .runs()
+                .iter()
+                .any(|r| r.locations.values().any(|s| *s != SyncState::InSync))
+    }
+
+    /// Whether the image's job document changed since the last call (true
+    /// at first).
+    pub(crate) fn take_job_changed(&self) -> bool {
+        self.job_changed.swap(false, Ordering::AcqRel)
+    }
+
     /// Sets `bits` of `node` once the store confirmed them at `version`:
     /// in place (and the cache moves to `version`) when the cache is at
     /// `version - 1`; otherwise they are also kept until the cache reaches
@@ -404,6 +427,13 @@ impl PlacementCache {
                 if name == self.name.as_str() =>
             {
                 *version > rec.version
+            }
+            Change::Doc {
+                kind: DocKind::Sync,
+                key,
+            } if key == self.name.as_str() => {
+                self.job_changed.store(true, Ordering::Release);
+                false
             }
             _ => false,
         }
@@ -504,5 +534,17 @@ mod tests {
         cache.reload().await.expect("reload");
         assert!(!cache.in_sync(&b, range));
         assert!(cache.confirmed.lock().expect("lock").is_empty());
+        assert!(cache.needs_sync(), "b has dirty bits");
+        // The writer's job loop hears of its image's job document only.
+        assert!(cache.take_job_changed(), "true at first");
+        assert!(!cache.take_job_changed());
+        let doc = |key: &str| Change::Doc {
+            kind: DocKind::Sync,
+            key: key.into(),
+        };
+        assert!(!cache.apply_change(&doc("other")));
+        assert!(!cache.take_job_changed());
+        assert!(!cache.apply_change(&doc("img")));
+        assert!(cache.take_job_changed());
     }
 }

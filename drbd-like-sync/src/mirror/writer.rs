@@ -390,6 +390,19 @@ impl Writer {
             .await
     }
 
+    /// Whether some copy of the image has anything to resync (cheap: the
+    /// cached record, not copied).
+    pub fn needs_sync(&self) -> bool {
+        self.mirror.inner.cache.needs_sync()
+    }
+
+    /// Whether the change feed said that the image's sync job document
+    /// changed since the last call (true at first, and after the feed
+    /// resubscribed it may be late: callers also look now and then).
+    pub fn job_changed(&self) -> bool {
+        self.mirror.inner.cache.take_job_changed()
+    }
+
     /// Graceful close: flush every copy, stop acknowledging, release the
     /// lease (the generation stays; the next writer's acquire raises it).
     /// The lease is released even if the flush failed (that error is

@@ -12,7 +12,8 @@
 //! image's `auto_sync` is on. Must not know: how a batch is copied.
 //!
 //! ```text
-//!   poll (every JOB_POLL): no job of ours running?
+//!   poll (every JOB_POLL): no job of ours running, and the feed said the
+//!   document changed, or a copy has bits, or LOOK_ANYWAY passed?
 //!     doc queued, or running under an older generation -> claim (CAS) -> run
 //!     no unfinished doc, auto_sync, an up location with bits -> queue "auto"
 //!   run: Writer::resync | verify   <-- cancel flag
@@ -39,6 +40,9 @@ use drbd_like_sync::mirror::{ResyncError, Writer};
 pub const JOB_POLL: Duration = Duration::from_secs(1);
 /// How often a running job writes its progress.
 pub const PUBLISH_EVERY: Duration = Duration::from_secs(1);
+/// How often the job document is read even when the change feed said
+/// nothing and no copy has bits to resync.
+const LOOK_ANYWAY: Duration = Duration::from_secs(10);
 /// The background resync's rate (bytes per second).
 pub const AUTO_SYNC_RATE: u64 = 64 << 20;
 /// After a background resync of a location failed, it is tried again only
@@ -57,6 +61,8 @@ pub struct Jobs {
     /// Locations whose background resync failed: when (monotonic and wall
     /// clock) and how many times in a row.
     backoff: BTreeMap<NodeId, Failed>,
+    /// When the job document was last read.
+    last_look: Instant,
 }
 
 /// The last failure of a location's background resync.
@@ -108,6 +114,7 @@ impl Jobs {
             writer,
             running: None,
             backoff: BTreeMap::new(),
+            last_look: Instant::now(),
         }
     }
 
@@ -142,6 +149,14 @@ impl Jobs {
     }
 
     async fn pick_up(&mut self) -> Result<(), blockmap::Error> {
+        // The store is asked only when there may be something to do: the
+        // feed said the job document changed, a copy has bits to resync,
+        // or a while has passed (the feed may have missed it).
+        let changed = self.writer.job_changed();
+        if !changed && !self.writer.needs_sync() && self.last_look.elapsed() < LOOK_ANYWAY {
+            return Ok(());
+        }
+        self.last_look = Instant::now();
         let generation = self.writer.generation().0;
         let doc = ops::sync_job(&*self.store, &self.image).await?;
         let claim = match &doc {
